@@ -1,0 +1,761 @@
+"""The contract between the gateway and every upstream provider.
+
+Everything the gateway knows about a provider goes through this module:
+
+* the normalised records an adapter returns (``OrganizationRecord``, ``SubscriptionRecord``,
+  ``UsageRecord`` ...), plain typed objects with no GraphQL in them;
+* the ``ProviderAdapter`` protocol the five adapters implement;
+* the upstream error taxonomy (``UpstreamError`` and its subclasses), which adapters raise and
+  the gateway maps to ``extensions.code`` exactly once;
+* ``UpstreamHttp``, the pooled JSON-over-HTTP client every adapter calls through, which does the
+  status/transport/body error mapping, secret redaction and per-request call de-duplication;
+* ``load_adapter_class`` / ``load_sandbox_module``, the registry by provider name.
+
+``providers`` never imports ``gateway``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import importlib
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from types import ModuleType
+from typing import Any, ClassVar, Protocol, runtime_checkable
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+__all__ = [
+    "AccessToken",
+    "AccessTokenCache",
+    "BadUpstreamResponse",
+    "CallMemo",
+    "CredentialsError",
+    "InvalidCursor",
+    "OperationUnsupported",
+    "OrganizationPage",
+    "OrganizationRecord",
+    "OrganizationStatus",
+    "OrganizationUpdate",
+    "ProviderAdapter",
+    "ProviderCredentials",
+    "ProviderName",
+    "ProviderSettings",
+    "SubscriptionRecord",
+    "SubscriptionStatus",
+    "UpstreamError",
+    "UpstreamForbidden",
+    "UpstreamHttp",
+    "UpstreamNotFound",
+    "UpstreamRateLimited",
+    "UpstreamRejected",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+    "UpstreamUnauthorized",
+    "UpstreamUnavailable",
+    "UsageMetricRecord",
+    "UsageRecord",
+    "UsageSampleRecord",
+    "UsageUnit",
+    "call_memo",
+    "load_adapter_class",
+    "load_sandbox_module",
+    "opt_datetime",
+    "opt_float",
+    "opt_str",
+    "req_str",
+    "same_origin_url",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Enumerations shared with the GraphQL schema (the gateway mirrors these names exactly).
+# --------------------------------------------------------------------------------------------
+
+
+class ProviderName(str, Enum):
+    CAPYDB = "CAPYDB"
+    LOKE = "LOKE"
+    BUNDLE = "BUNDLE"
+    PLANETSCALE = "PLANETSCALE"
+    UPSUN = "UPSUN"
+
+    @property
+    def key(self) -> str:
+        """The lower-case name used in config sections and package names."""
+        return self.value.lower()
+
+
+class OrganizationStatus(str, Enum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    RESTRICTED = "RESTRICTED"
+    DELETED = "DELETED"
+    UNKNOWN = "UNKNOWN"
+
+
+class SubscriptionStatus(str, Enum):
+    TRIALING = "TRIALING"
+    ACTIVE = "ACTIVE"
+    PAST_DUE = "PAST_DUE"
+    UNPAID = "UNPAID"
+    INCOMPLETE = "INCOMPLETE"
+    PAUSED = "PAUSED"
+    CANCELED = "CANCELED"
+    PROVISIONING = "PROVISIONING"
+    PROVISIONING_FAILED = "PROVISIONING_FAILED"
+    SUSPENDED = "SUSPENDED"
+    DELETED = "DELETED"
+    UNKNOWN = "UNKNOWN"
+
+
+class UsageUnit(str, Enum):
+    BYTES = "BYTES"
+    COUNT = "COUNT"
+    RATIO = "RATIO"
+
+
+# --------------------------------------------------------------------------------------------
+# Normalised records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrganizationRecord:
+    provider: ProviderName
+    provider_id: str
+    name: str
+    slug: str | None = None
+    billing_email: str | None = None
+    plan: str | None = None
+    currency: str | None = None
+    timezone: str | None = None
+    status: OrganizationStatus = OrganizationStatus.UNKNOWN
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriptionRecord:
+    provider: ProviderName
+    provider_id: str
+    organization_id: str
+    plan: str | None = None
+    status: SubscriptionStatus = SubscriptionStatus.UNKNOWN
+    provider_status: str | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    trial_ends_at: datetime | None = None
+    cancel_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageMetricRecord:
+    key: str
+    label: str
+    value: float
+    unit: UsageUnit
+    limit: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageSampleRecord:
+    key: str
+    at: datetime
+    value: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecord:
+    metrics: tuple[UsageMetricRecord, ...] = ()
+    history: tuple[UsageSampleRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrganizationPage:
+    """One upstream page of organizations.
+
+    ``next_cursor`` is an adapter-defined opaque string (for link-paginated APIs, the next-page
+    URL the upstream gave) to pass back to ``list_organizations``; ``None`` on the last page.
+    """
+
+    organizations: tuple[OrganizationRecord, ...]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrganizationUpdate:
+    """The writable fields; ``None`` means "leave unchanged"."""
+
+    name: str | None = None
+    billing_email: str | None = None
+
+    def is_empty(self) -> bool:
+        return self.name is None and self.billing_email is None
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and credentials
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderSettings:
+    """Where and how to reach one upstream. ``base_url`` is everything before the documented
+    paths and may carry a path prefix; ``token_url`` is only used by token-exchanging providers
+    (LOKE, Upsun) and defaults to a path on ``base_url`` that each adapter documents."""
+
+    base_url: str
+    timeout_seconds: float = 10.0
+    token_url: str | None = None
+    max_connections: int = 100
+
+
+class CredentialsError(ValueError):
+    """Credentials in the config are missing a field or have the wrong type.
+
+    The message names the field, never its value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCredentials:
+    """One tenant's credentials for one provider: a small string mapping.
+
+    ``repr`` never shows values; ``fingerprint`` identifies the credentials in cache keys without
+    revealing them."""
+
+    values: Mapping[str, str]
+
+    def __getitem__(self, key: str) -> str:
+        return self.values[key]
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for key in sorted(self.values):
+            digest.update(key.encode())
+            digest.update(b"\0")
+            digest.update(self.values[key].encode())
+            digest.update(b"\0")
+        return digest.hexdigest()[:32]
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(v for v in self.values.values() if v)
+
+    def __repr__(self) -> str:
+        return f"ProviderCredentials(keys={sorted(self.values)!r})"
+
+    @classmethod
+    def parse(
+        cls,
+        values: Mapping[str, Any],
+        *,
+        one_of: Sequence[Sequence[str]],
+        provider: ProviderName,
+    ) -> ProviderCredentials:
+        """Accept ``values`` when every key of at least one alternative in ``one_of`` is a
+        non-empty string; keep only the keys of the first alternative that matches."""
+        for alternative in one_of:
+            if all(isinstance(values.get(k), str) and values.get(k) for k in alternative):
+                return cls({k: str(values[k]) for k in alternative})
+        wanted = " or ".join("+".join(alt) for alt in one_of)
+        raise CredentialsError(f"{provider.key} credentials need {wanted} (non-empty strings)")
+
+
+# --------------------------------------------------------------------------------------------
+# Error taxonomy: grouped by cause; the gateway maps ``code`` into ``extensions.code``.
+# --------------------------------------------------------------------------------------------
+
+
+class UpstreamError(Exception):
+    """Something went wrong talking to a provider. Messages are ours, never a raw body."""
+
+    code: ClassVar[str] = "UPSTREAM_UNAVAILABLE"
+
+    def __init__(
+        self,
+        provider: ProviderName,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connection failures and 5xx answers."""
+
+    code = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamRateLimited(UpstreamError):
+    code = "UPSTREAM_RATE_LIMITED"
+
+
+class UpstreamUnauthorized(UpstreamError):
+    """The upstream rejected the tenant's credentials (or the token exchange failed)."""
+
+    code = "UPSTREAM_UNAUTHORIZED"
+
+
+class UpstreamForbidden(UpstreamError):
+    """The credentials are valid but may not see or change this object."""
+
+    code = "FORBIDDEN"
+
+
+class UpstreamNotFound(UpstreamError):
+    code = "NOT_FOUND"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the input (400/409/422): the caller's input was wrong."""
+
+    code = "BAD_USER_INPUT"
+
+
+class BadUpstreamResponse(UpstreamError):
+    """Unparsable or wrongly-shaped body, or a status the API does not document."""
+
+    code = "BAD_UPSTREAM_RESPONSE"
+
+
+class OperationUnsupported(UpstreamError):
+    """The provider's API has no way to do what was asked."""
+
+    code = "UNSUPPORTED"
+
+
+class InvalidCursor(UpstreamError):
+    """A pagination cursor that this adapter did not produce (or that points off-origin)."""
+
+    code = "BAD_USER_INPUT"
+
+
+# --------------------------------------------------------------------------------------------
+# Field readers: wrongly-shaped bodies become BadUpstreamResponse, never a KeyError.
+# --------------------------------------------------------------------------------------------
+
+
+def req_str(obj: Mapping[str, Any], key: str, provider: ProviderName, what: str) -> str:
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise BadUpstreamResponse(provider, f"{provider.key} {what} has no usable '{key}'")
+    return value
+
+
+def opt_str(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def opt_float(obj: Mapping[str, Any], key: str, provider: ProviderName) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise BadUpstreamResponse(provider, f"{provider.key} field '{key}' is not a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise BadUpstreamResponse(provider, f"{provider.key} field '{key}' is not a number")
+
+
+def opt_datetime(obj: Mapping[str, Any], key: str, provider: ProviderName) -> datetime | None:
+    """ISO 8601 (``Z`` or offset) to an aware datetime; absent/null/empty → None."""
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadUpstreamResponse(provider, f"{provider.key} field '{key}' is not a timestamp")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadUpstreamResponse(
+            provider, f"{provider.key} field '{key}' is not a timestamp"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def same_origin_url(base_url: str, url: str, provider: ProviderName) -> str:
+    """Resolve ``url`` against ``base_url`` and insist it stays on the same scheme+host+port.
+
+    Pagination links come from upstream responses and, via our cursors, from clients; following
+    one to another host would send the tenant's credentials there."""
+    resolved = urljoin(base_url, url)
+    a, b = urlsplit(base_url), urlsplit(resolved)
+    if (a.scheme, a.netloc) != (b.scheme, b.netloc):
+        raise InvalidCursor(provider, f"{provider.key} pagination link points off-origin")
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------
+# Per-request call de-duplication
+# --------------------------------------------------------------------------------------------
+
+
+class CallMemo:
+    """Shares the result of identical upstream reads made while answering one GraphQL request.
+
+    The gateway installs one per request (``call_memo.set(CallMemo())``); adapters never see it
+    directly, ``UpstreamHttp`` consults it for every GET. Unbounded on purpose: it lives for one
+    request and holds at most that request's distinct upstream calls."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self) -> None:
+        self._futures: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def run(self, key: Hashable, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        existing = self._futures.get(key)
+        if existing is not None:
+            return await asyncio.shield(existing)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[key] = future
+        try:
+            result = await fetch()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: no "never retrieved" warning if nobody waits
+            raise
+        future.set_result(result)
+        return result
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+
+call_memo: contextvars.ContextVar[CallMemo | None] = contextvars.ContextVar(
+    "orggraph_call_memo", default=None
+)
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: Any  # parsed JSON
+    url: str
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_MAX_DETAIL = 160
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    text = _CONTROL.sub(" ", text).strip()
+    return text[:_MAX_DETAIL] + ("…" if len(text) > _MAX_DETAIL else "")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+ErrorDetail = Callable[[Any], str | None]
+"""Pulls the human message out of a provider's error body (``{"error": …}``, ``{"message": …}``)."""
+
+
+_STATUS_ERRORS: dict[int, type[UpstreamError]] = {
+    400: UpstreamRejected,
+    401: UpstreamUnauthorized,
+    403: UpstreamForbidden,
+    404: UpstreamNotFound,
+    409: UpstreamRejected,
+    422: UpstreamRejected,
+    429: UpstreamRateLimited,
+}
+
+
+class UpstreamHttp:
+    """One pooled ``httpx.AsyncClient`` per adapter, and the single place where transport
+    failures, statuses and bodies become ``UpstreamError``s."""
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderName,
+        settings: ProviderSettings,
+        error_detail: ErrorDetail,
+        status_errors: Mapping[int, type[UpstreamError]] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.settings = settings
+        self._error_detail = error_detail
+        self._status_errors = {**_STATUS_ERRORS, **(status_errors or {})}
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.timeout_seconds),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_connections,
+            ),
+            follow_redirects=False,
+        )
+
+    def url(self, path: str) -> str:
+        """``base_url`` + documented path, keeping any path prefix of ``base_url``."""
+        return self.settings.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        credentials: ProviderCredentials,
+        headers: Mapping[str, str],
+        params: Mapping[str, str | int] | Sequence[tuple[str, str | int]] | None = None,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        expect_json: bool = True,
+        memo_key: Hashable | None = None,
+    ) -> UpstreamResponse:
+        """Send one request. GETs are shared through the request's ``CallMemo`` under
+        ``memo_key`` (default: method + URL + params + credential fingerprint)."""
+        memo = call_memo.get()
+        if memo is not None and method == "GET":
+            key = memo_key or (
+                self.provider,
+                credentials.fingerprint,
+                method,
+                url,
+                tuple(sorted((params.items() if isinstance(params, Mapping) else params) or ())),
+            )
+            result: UpstreamResponse = await memo.run(
+                key,
+                lambda: self._send(
+                    method, url, credentials, headers, params, json, data, auth, expect_json
+                ),
+            )
+            return result
+        return await self._send(method, url, credentials, headers, params, json, data, auth, expect_json)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        credentials: ProviderCredentials,
+        headers: Mapping[str, str],
+        params: Any,
+        json: Any,
+        data: Mapping[str, str] | None,
+        auth: tuple[str, str] | None,
+        expect_json: bool,
+    ) -> UpstreamResponse:
+        name = self.provider.key
+        try:
+            response = await self._client.request(
+                method, url, headers=dict(headers), params=params, json=json, data=data, auth=auth
+            )
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(
+                self.provider, f"{name} did not answer within {self.settings.timeout_seconds:g}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(
+                self.provider, f"{name} is unreachable ({type(exc).__name__})"
+            ) from None
+
+        status = response.status_code
+        body: Any = None
+        parsed = False
+        if response.content:
+            try:
+                body = response.json()
+                parsed = True
+            except ValueError:
+                parsed = False
+
+        if status >= 400:
+            detail = None
+            if parsed:
+                try:
+                    detail = self._error_detail(body)
+                except Exception:
+                    detail = None
+            message = f"{name} answered HTTP {status}"
+            if detail:
+                message += ": " + _redact(str(detail), credentials.secrets())
+            error_cls = self._status_errors.get(status)
+            if error_cls is None:
+                error_cls = UpstreamUnavailable if status >= 500 else BadUpstreamResponse
+            raise error_cls(
+                self.provider, message, status=status, retry_after=_retry_after(response.headers)
+            )
+
+        if expect_json and not parsed:
+            raise BadUpstreamResponse(
+                self.provider, f"{name} answered HTTP {status} with a body that is not JSON",
+                status=status,
+            )
+        return UpstreamResponse(
+            status=status, headers=response.headers, body=body, url=str(response.url)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Access tokens (LOKE client credentials, Upsun API-token exchange)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    value: str
+    expires_at: float  # loop.time() seconds
+
+
+class AccessTokenCache:
+    """Bearer tokens per credential fingerprint, fetched once however many callers race.
+
+    Bounded (LRU) because every distinct credential set adds an entry and tenants come and go;
+    1024 is far above the tenants one process serves, so in practice nothing useful is evicted."""
+
+    def __init__(self, *, max_entries: int = 1024, refresh_margin_seconds: float = 30.0) -> None:
+        self._tokens: OrderedDict[str, AccessToken] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[AccessToken]] = {}
+        self._max_entries = max_entries
+        self._margin = refresh_margin_seconds
+
+    async def get(self, key: str, fetch: Callable[[], Awaitable[AccessToken]]) -> str:
+        loop = asyncio.get_running_loop()
+        token = self._tokens.get(key)
+        if token is not None and token.expires_at - self._margin > loop.time():
+            self._tokens.move_to_end(key)
+            return token.value
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return (await asyncio.shield(pending)).value
+        future: asyncio.Future[AccessToken] = loop.create_future()
+        self._inflight[key] = future
+        try:
+            token = await fetch()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(token)
+        self._tokens[key] = token
+        self._tokens.move_to_end(key)
+        while len(self._tokens) > self._max_entries:
+            self._tokens.popitem(last=False)
+        return token.value
+
+    def invalidate(self, key: str, value: str) -> None:
+        """Forget ``value`` (the upstream said it is no longer valid) unless already replaced."""
+        token = self._tokens.get(key)
+        if token is not None and token.value == value:
+            del self._tokens[key]
+
+
+# --------------------------------------------------------------------------------------------
+# The adapter protocol and registry
+# --------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ProviderAdapter(Protocol):
+    """What the gateway needs from each upstream. One instance per provider per process; the
+    tenant's credentials come with every call (adapters hold no tenant state besides tokens)."""
+
+    provider: ClassVar[ProviderName]
+    supports_update: ClassVar[bool]
+
+    @classmethod
+    def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
+        """Validate one tenant's config table; raise ``CredentialsError``."""
+        ...
+
+    async def list_organizations(
+        self, credentials: ProviderCredentials, *, cursor: str | None = None
+    ) -> OrganizationPage:
+        """One upstream page (largest the API allows); ``cursor`` is a previous ``next_cursor``."""
+        ...
+
+    async def get_organization(
+        self, credentials: ProviderCredentials, provider_id: str
+    ) -> OrganizationRecord:
+        """Raise ``UpstreamNotFound`` when the credentials cannot see it."""
+        ...
+
+    async def list_subscriptions(
+        self, credentials: ProviderCredentials, organization: OrganizationRecord
+    ) -> tuple[SubscriptionRecord, ...]:
+        """Every subscription of the organization, all pages followed, upstream order."""
+        ...
+
+    async def get_usage(
+        self, credentials: ProviderCredentials, organization: OrganizationRecord
+    ) -> UsageRecord | None:
+        """``None`` where the provider exposes no usage."""
+        ...
+
+    async def update_organization(
+        self, credentials: ProviderCredentials, provider_id: str, update: OrganizationUpdate
+    ) -> OrganizationRecord:
+        """Raise ``OperationUnsupported`` where the API cannot do it."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def load_adapter_class(provider: ProviderName) -> type[ProviderAdapter]:
+    module = importlib.import_module(f"providers.{provider.key}.adapter")
+    cls: type[ProviderAdapter] = module.ADAPTER
+    return cls
+
+
+def load_sandbox_module(provider: ProviderName) -> ModuleType:
+    """The sandbox module: ``create_app(*, options=SandboxOptions())``,
+    ``demo_credentials(account)``, ``TOKEN_PATH`` (token-exchanging providers only)."""
+    return importlib.import_module(f"providers.{provider.key}.sandbox")
