@@ -72,6 +72,7 @@ __all__ = [
     "opt_str",
     "req_str",
     "same_origin_url",
+    "stripe_subscription_status",
 ]
 
 
@@ -408,6 +409,27 @@ def opt_datetime(obj: Mapping[str, Any], key: str, provider: ProviderName) -> da
             provider, f"{provider.key} field '{key}' is not a timestamp"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_STRIPE_STATUSES: dict[str, SubscriptionStatus] = {
+    "trialing": SubscriptionStatus.TRIALING,
+    "active": SubscriptionStatus.ACTIVE,
+    "past_due": SubscriptionStatus.PAST_DUE,
+    "unpaid": SubscriptionStatus.UNPAID,
+    "incomplete": SubscriptionStatus.INCOMPLETE,
+    # Stripe's terminal state for an incomplete first payment: the subscription is over.
+    "incomplete_expired": SubscriptionStatus.CANCELED,
+    "paused": SubscriptionStatus.PAUSED,
+    "canceled": SubscriptionStatus.CANCELED,
+    "cancelled": SubscriptionStatus.CANCELED,
+}
+
+
+def stripe_subscription_status(value: str | None) -> SubscriptionStatus:
+    """Stripe subscription statuses (used by bundle.social and CapyDB billing) to ours."""
+    if not value:
+        return SubscriptionStatus.UNKNOWN
+    return _STRIPE_STATUSES.get(value.strip().lower(), SubscriptionStatus.UNKNOWN)
 
 
 def same_origin_url(base_url: str, url: str, provider: ProviderName) -> str:

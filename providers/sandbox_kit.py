@@ -58,6 +58,8 @@ class SandboxOptions:
     """Each account gets its own credentials (see each sandbox's ``demo_credentials``)."""
     max_page_size: int = 100
     """Largest page the sandbox serves; lower it in tests to force pagination."""
+    rate_limits: bool = True
+    """Enforce the provider's documented rate limits (benchmarks turn this off)."""
 
 
 @dataclass(slots=True, kw_only=True)
