@@ -479,6 +479,10 @@ class CallMemo:
     def __len__(self) -> int:
         return len(self._futures)
 
+    def clear(self) -> None:
+        """Forget every shared read: after a write, later reads must go upstream again."""
+        self._futures.clear()
+
 
 call_memo: contextvars.ContextVar[CallMemo | None] = contextvars.ContextVar(
     "orggraph_call_memo", default=None

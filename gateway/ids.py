@@ -1,0 +1,125 @@
+"""Opaque identifiers: global ``Node`` ids and pagination cursors.
+
+Both are URL-safe base64 of a small JSON array, so they round-trip any upstream id (colons,
+slashes, unicode) without ambiguity. Anything that does not decode to the expected shape is
+``BAD_USER_INPUT``; the values inside are validated again where they are used.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import ErrorCode, GatewayError
+from providers.base import ProviderName
+
+__all__ = [
+    "NodeRef",
+    "OrganizationCursor",
+    "decode_index_cursor",
+    "decode_node_id",
+    "decode_organization_cursor",
+    "encode_index_cursor",
+    "encode_node_id",
+    "encode_organization_cursor",
+]
+
+_MAX_OPAQUE = 4096  # longer than any id or cursor we hand out; refuse before decoding
+
+
+def _encode(parts: list[Any]) -> str:
+    raw = json.dumps(parts, separators=(",", ":"), ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode(value: str, what: str) -> list[Any]:
+    if not isinstance(value, str) or not value or len(value) > _MAX_OPAQUE:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, f"Invalid {what}")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        parts = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, f"Invalid {what}") from None
+    if not isinstance(parts, list) or not parts:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, f"Invalid {what}")
+    return parts
+
+
+def _provider(value: Any, what: str) -> ProviderName:
+    try:
+        return ProviderName(value)
+    except ValueError:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, f"Invalid {what}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    type_name: str  # "Organization" | "Subscription"
+    provider: ProviderName
+    organization_id: str
+    subscription_id: str | None = None
+
+
+def encode_node_id(ref: NodeRef) -> str:
+    parts: list[Any] = [ref.type_name, ref.provider.value, ref.organization_id]
+    if ref.subscription_id is not None:
+        parts.append(ref.subscription_id)
+    return _encode(parts)
+
+
+def decode_node_id(value: str) -> NodeRef:
+    parts = _decode(value, "node id")
+    kind = parts[0]
+    ok_org = kind == "Organization" and len(parts) == 3
+    ok_sub = kind == "Subscription" and len(parts) == 4
+    if not (ok_org or ok_sub) or not all(isinstance(p, str) and p for p in parts):
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "Invalid node id")
+    return NodeRef(kind, _provider(parts[1], "node id"), parts[2], parts[3] if ok_sub else None)
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationCursor:
+    """Position of one organization in the merged list: the provider, the upstream page it is
+    on (the adapter cursor that fetches that page, ``None`` for the first) and its index there."""
+
+    provider: ProviderName
+    page_cursor: str | None
+    index: int
+
+
+def encode_organization_cursor(cursor: OrganizationCursor) -> str:
+    return _encode(["o", cursor.provider.value, cursor.page_cursor, cursor.index])
+
+
+def decode_organization_cursor(value: str) -> OrganizationCursor:
+    parts = _decode(value, "cursor")
+    if (
+        len(parts) != 4
+        or parts[0] != "o"
+        or not (parts[2] is None or isinstance(parts[2], str))
+        or not isinstance(parts[3], int)
+        or isinstance(parts[3], bool)
+        or parts[3] < 0
+    ):
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "Invalid cursor")
+    return OrganizationCursor(_provider(parts[1], "cursor"), parts[2], parts[3])
+
+
+def encode_index_cursor(kind: str, index: int) -> str:
+    return _encode([kind, index])
+
+
+def decode_index_cursor(kind: str, value: str) -> int:
+    parts = _decode(value, "cursor")
+    if (
+        len(parts) != 2
+        or parts[0] != kind
+        or not isinstance(parts[1], int)
+        or isinstance(parts[1], bool)
+        or parts[1] < 0
+    ):
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "Invalid cursor")
+    return int(parts[1])

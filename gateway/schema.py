@@ -1,0 +1,612 @@
+"""The GraphQL schema of DESIGN.md: types, resolvers and the request context they share.
+
+Resolvers turn ``providers.base`` records into GraphQL objects and never talk HTTP: every upstream
+call goes through ``gateway.upstreams.Upstreams``. A failing provider never fails the whole
+response: list fields skip it and record an error (``RequestContext.errors``) with its code and
+provider; nullable single fields resolve to null with the error at their path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from gateway.errors import ErrorCode, GatewayError, upstream_graphql_error
+from gateway.ids import (
+    NodeRef,
+    OrganizationCursor,
+    decode_index_cursor,
+    decode_node_id,
+    decode_organization_cursor,
+    encode_index_cursor,
+    encode_node_id,
+    encode_organization_cursor,
+)
+from gateway.tenancy import Tenant
+from gateway.upstreams import Upstreams
+from providers.base import (
+    InvalidCursor,
+    OrganizationPage,
+    OrganizationRecord,
+    OrganizationStatus,
+    OrganizationUpdate,
+    ProviderCredentials,
+    ProviderName,
+    SubscriptionRecord,
+    SubscriptionStatus,
+    UpstreamError,
+    UpstreamNotFound,
+    UsageRecord,
+    UsageUnit,
+    call_memo,
+)
+
+__all__ = ["MAX_PAGE_SIZE", "RequestContext", "build_schema"]
+
+MAX_PAGE_SIZE = 100
+"""Largest ``first`` a connection accepts: bounds the work one request can ask for."""
+
+Provider = strawberry.enum(ProviderName, name="Provider", description="An upstream provider.")
+OrganizationStatusEnum = strawberry.enum(OrganizationStatus, name="OrganizationStatus")
+SubscriptionStatusEnum = strawberry.enum(SubscriptionStatus, name="SubscriptionStatus")
+UsageUnitEnum = strawberry.enum(UsageUnit, name="UsageUnit")
+
+
+@strawberry.enum(description="State of a provider's circuit breaker.")
+class CircuitState(Enum):
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+    HALF_OPEN = "HALF_OPEN"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything one GraphQL request needs; built by the HTTP layer per request."""
+
+    tenant: Tenant
+    upstreams: Upstreams
+    errors: list[GraphQLError] = field(default_factory=list)
+
+    def credentials(self, provider: ProviderName) -> ProviderCredentials:
+        """The tenant's credentials for ``provider`` or a FORBIDDEN error saying so."""
+        creds = self.tenant.credentials_for(provider)
+        if creds is None or not self.upstreams.configured(provider):
+            raise GatewayError(
+                ErrorCode.FORBIDDEN,
+                f"No {provider.value} credentials are configured for this tenant",
+                provider=provider.value,
+            )
+        return creds
+
+    def providers(self) -> list[ProviderName]:
+        """Providers this tenant can query, in the stable merge order (the enum's order)."""
+        return [
+            p
+            for p in ProviderName
+            if self.tenant.credentials_for(p) is not None and self.upstreams.configured(p)
+        ]
+
+    def add_upstream_error(self, error: UpstreamError, info: Info) -> None:
+        self.errors.append(upstream_graphql_error(error, info.path.as_list()))
+
+
+def _context(info: Info) -> RequestContext:
+    context: RequestContext = info.context
+    return context
+
+
+def _check_first(first: int | None) -> int:
+    """``first`` as given, 20 when null; BAD_USER_INPUT outside 0..MAX_PAGE_SIZE."""
+    if first is None:
+        return 20
+    if first < 0 or first > MAX_PAGE_SIZE:
+        raise GatewayError(
+            ErrorCode.BAD_USER_INPUT, f"'first' must be between 0 and {MAX_PAGE_SIZE}"
+        )
+    return first
+
+
+# --------------------------------------------------------------------------------------------
+# Types
+# --------------------------------------------------------------------------------------------
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.interface(description="An object with a global, opaque id; `node(id:)` refetches it.")
+class Node:
+    id: strawberry.ID
+
+
+@strawberry.type
+class UsageMetric:
+    key: str
+    label: str
+    value: float
+    limit: float | None
+    unit: UsageUnitEnum  # type: ignore[valid-type]
+
+
+@strawberry.type
+class UsageSample:
+    key: str
+    at: datetime
+    value: float
+
+
+@strawberry.type(description="An organization's consumption, as the provider reports it.")
+class Usage:
+    metrics: list[UsageMetric]
+    _samples: strawberry.Private[list[UsageSample]]
+
+    @strawberry.field(description="One metric by key, or null when the provider has no such metric.")
+    def metric(self, key: str) -> UsageMetric | None:
+        return next((m for m in self.metrics if m.key == key), None)
+
+    @strawberry.field(description="Samples over time, oldest first; optionally for one key.")
+    def history(self, key: str | None = None) -> list[UsageSample]:
+        return [s for s in self._samples if key is None or s.key == key]
+
+    @classmethod
+    def from_record(cls, record: UsageRecord) -> Usage:
+        return cls(
+            metrics=[
+                UsageMetric(key=m.key, label=m.label, value=m.value, limit=m.limit, unit=m.unit)
+                for m in record.metrics
+            ],
+            _samples=sorted(
+                (UsageSample(key=s.key, at=s.at, value=s.value) for s in record.history),
+                key=lambda s: s.at,
+            ),
+        )
+
+
+@strawberry.type
+class Subscription(Node):
+    id: strawberry.ID
+    provider: Provider  # type: ignore[valid-type]
+    provider_id: str = strawberry.field(description="The upstream's id for this subscription.")
+    plan: str | None
+    status: SubscriptionStatusEnum  # type: ignore[valid-type]
+    provider_status: str | None = strawberry.field(
+        description="The status exactly as the provider spells it."
+    )
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    trial_ends_at: datetime | None
+    cancel_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    raw: JSON = strawberry.field(description="The upstream's subscription object as received.")
+    _organization: strawberry.Private[OrganizationRecord]
+
+    @strawberry.field
+    def organization(self) -> Organization:
+        return Organization.from_record(self._organization)
+
+    @classmethod
+    def from_record(cls, record: SubscriptionRecord, org: OrganizationRecord) -> Subscription:
+        return cls(
+            id=strawberry.ID(
+                encode_node_id(
+                    NodeRef("Subscription", record.provider, org.provider_id, record.provider_id)
+                )
+            ),
+            provider=record.provider,
+            provider_id=record.provider_id,
+            plan=record.plan,
+            status=record.status,
+            provider_status=record.provider_status,
+            current_period_start=record.current_period_start,
+            current_period_end=record.current_period_end,
+            trial_ends_at=record.trial_ends_at,
+            cancel_at=record.cancel_at,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            raw=dict(record.raw),
+            _organization=org,
+        )
+
+
+@strawberry.type
+class SubscriptionEdge:
+    cursor: str
+    node: Subscription
+
+
+@strawberry.type
+class SubscriptionConnection:
+    edges: list[SubscriptionEdge]
+    page_info: PageInfo
+
+    @strawberry.field
+    def nodes(self) -> list[Subscription]:
+        return [edge.node for edge in self.edges]
+
+
+@strawberry.type
+class Organization(Node):
+    id: strawberry.ID
+    provider: Provider  # type: ignore[valid-type]
+    provider_id: str = strawberry.field(
+        description="The upstream's id for this organization (PlanetScale: its name slug)."
+    )
+    name: str
+    slug: str | None
+    billing_email: str | None
+    plan: str | None
+    currency: str | None = strawberry.field(description="ISO 4217 code, when known.")
+    timezone: str | None = strawberry.field(description="IANA time zone, when known.")
+    status: OrganizationStatusEnum  # type: ignore[valid-type]
+    created_at: datetime | None
+    updated_at: datetime | None
+    raw: JSON = strawberry.field(
+        description="The upstream's organization object as received (inside any envelope)."
+    )
+    _record: strawberry.Private[OrganizationRecord]
+
+    @classmethod
+    def from_record(cls, record: OrganizationRecord) -> Organization:
+        return cls(
+            id=strawberry.ID(
+                encode_node_id(NodeRef("Organization", record.provider, record.provider_id))
+            ),
+            provider=record.provider,
+            provider_id=record.provider_id,
+            name=record.name,
+            slug=record.slug,
+            billing_email=record.billing_email,
+            plan=record.plan,
+            currency=record.currency,
+            timezone=record.timezone,
+            status=record.status,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            raw=dict(record.raw),
+            _record=record,
+        )
+
+    @strawberry.field(description="Billing subscriptions, in the provider's order.")
+    async def subscriptions(
+        self,
+        info: Info,
+        first: int | None = 20,
+        after: str | None = strawberry.UNSET,
+        status: list[SubscriptionStatusEnum] | None = strawberry.UNSET,  # type: ignore[valid-type]
+    ) -> SubscriptionConnection:
+        first = _check_first(first)
+        start = decode_index_cursor("s", after) + 1 if after else 0
+        ctx = _context(info)
+        creds = ctx.credentials(self._record.provider)
+        try:
+            records = await ctx.upstreams.list_subscriptions(creds, self._record)
+        except UpstreamError as exc:
+            # The connection is non-null: an empty page plus the error keeps the organization.
+            ctx.add_upstream_error(exc, info)
+            records = ()
+        wanted = set(status) if status else None
+        matching = [r for r in records if wanted is None or r.status in wanted]
+        window = matching[start : start + first]
+        edges = [
+            SubscriptionEdge(
+                cursor=encode_index_cursor("s", start + i),
+                node=Subscription.from_record(r, self._record),
+            )
+            for i, r in enumerate(window)
+        ]
+        return SubscriptionConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=start + first < len(matching),
+                has_previous_page=start > 0,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+    @strawberry.field(description="Usage figures; null where the provider exposes none.")
+    async def usage(self, info: Info) -> Usage | None:
+        ctx = _context(info)
+        record = await ctx.upstreams.get_usage(ctx.credentials(self._record.provider), self._record)
+        return Usage.from_record(record) if record is not None else None
+
+
+@strawberry.type
+class OrganizationEdge:
+    cursor: str
+    node: Organization
+
+
+@strawberry.type
+class OrganizationConnection:
+    edges: list[OrganizationEdge]
+    page_info: PageInfo
+
+    @strawberry.field
+    def nodes(self) -> list[Organization]:
+        return [edge.node for edge in self.edges]
+
+
+@strawberry.type(description="How a provider looks from this gateway, for this tenant.")
+class ProviderStatus:
+    provider: Provider  # type: ignore[valid-type]
+    configured: bool = strawberry.field(
+        description="The gateway knows this provider and the tenant has credentials for it."
+    )
+    healthy: bool = strawberry.field(
+        description="False when the most recent calls to this provider all failed."
+    )
+    circuit_state: CircuitState = strawberry.field(
+        description="Circuit breaker state. No breaker is fitted yet, so always CLOSED."
+    )
+    recent_calls: int
+    recent_failures: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    last_error_code: str | None
+
+
+@strawberry.input
+class UpdateOrganizationInput:
+    name: str | None = None
+    billing_email: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Resolvers
+# --------------------------------------------------------------------------------------------
+
+
+async def _fetch_page(
+    ctx: RequestContext, info: Info, provider: ProviderName, cursor: str | None
+) -> OrganizationPage | None:
+    try:
+        return await ctx.upstreams.list_organizations(provider, ctx.credentials(provider), cursor)
+    except InvalidCursor:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "Invalid cursor") from None
+    except UpstreamError as exc:
+        ctx.add_upstream_error(exc, info)
+        return None
+
+
+async def resolve_organizations(
+    ctx: RequestContext,
+    info: Info,
+    providers: list[ProviderName] | None,
+    first: int | None,
+    after: str | None,
+) -> OrganizationConnection:
+    """Providers in enum order, each provider's organizations in upstream order.
+
+    The cursor of an organization names its provider, the upstream page it is on and its index
+    there, so resuming refetches that page and continues after it: every organization appears
+    exactly once however the client pages. The starting page of every remaining provider is
+    fetched concurrently; later pages of one provider are a chain the APIs force."""
+    first = _check_first(first)
+    if providers is None or providers is strawberry.UNSET:
+        providers = None  # no filter; an explicit empty list selects nothing
+    selected = [p for p in ctx.providers() if providers is None or p in providers]
+    start_at = 0
+    start_cursor: str | None = None
+    start_index = 0
+    if after:
+        position = decode_organization_cursor(after)
+        if position.provider not in selected:
+            raise GatewayError(
+                ErrorCode.BAD_USER_INPUT, "Cursor does not belong to this provider selection"
+            )
+        start_at = selected.index(position.provider)
+        start_cursor, start_index = position.page_cursor, position.index + 1
+    remaining = selected[start_at:]
+
+    pages = await asyncio.gather(
+        *(
+            _fetch_page(ctx, info, p, start_cursor if i == 0 else None)
+            for i, p in enumerate(remaining)
+        )
+    )
+
+    edges: list[OrganizationEdge] = []
+    has_next = False
+    for i, provider in enumerate(remaining):
+        page = pages[i]
+        page_cursor = start_cursor if i == 0 else None
+        index = start_index if i == 0 else 0
+        while page is not None and not has_next:
+            while index < len(page.organizations):
+                if len(edges) == first:
+                    has_next = True
+                    break
+                edges.append(
+                    OrganizationEdge(
+                        cursor=encode_organization_cursor(
+                            OrganizationCursor(provider, page_cursor, index)
+                        ),
+                        node=Organization.from_record(page.organizations[index]),
+                    )
+                )
+                index += 1
+            if has_next or page.next_cursor is None:
+                break
+            if len(edges) == first:
+                has_next = True
+                break
+            page_cursor, index = page.next_cursor, 0
+            page = await _fetch_page(ctx, info, provider, page_cursor)
+        if has_next:
+            break
+        if len(edges) == first:
+            has_next = any(p is not None and p.organizations for p in pages[i + 1 :])
+            break
+
+    return OrganizationConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=has_next,
+            has_previous_page=bool(after),
+            start_cursor=edges[0].cursor if edges else None,
+            end_cursor=edges[-1].cursor if edges else None,
+        ),
+    )
+
+
+async def _get_organization(
+    ctx: RequestContext, info: Info, provider: ProviderName, provider_id: str
+) -> OrganizationRecord | None:
+    if not provider_id or len(provider_id) > 512:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "Invalid organization id")
+    creds = ctx.credentials(provider)
+    try:
+        return await ctx.upstreams.get_organization(provider, creds, provider_id)
+    except UpstreamNotFound as exc:
+        ctx.add_upstream_error(exc, info)
+        return None
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _update_from_input(data: UpdateOrganizationInput) -> OrganizationUpdate:
+    name = data.name.strip() if data.name is not None else None
+    email = data.billing_email.strip() if data.billing_email is not None else None
+    if name is not None and not 1 <= len(name) <= 200:
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "name must be 1 to 200 characters")
+    if email is not None and (len(email) > 254 or not _EMAIL.match(email)):
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "billingEmail is not an email address")
+    update = OrganizationUpdate(name=name, billing_email=email)
+    if update.is_empty():
+        raise GatewayError(ErrorCode.BAD_USER_INPUT, "input must set name or billingEmail")
+    return update
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Refetch any object by its global id.")
+    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+        ref = decode_node_id(str(id))
+        ctx = _context(info)
+        record = await _get_organization(ctx, info, ref.provider, ref.organization_id)
+        if record is None:
+            return None
+        if ref.subscription_id is None:
+            return Organization.from_record(record)
+        subscriptions = await ctx.upstreams.list_subscriptions(
+            ctx.credentials(ref.provider), record
+        )
+        for sub in subscriptions:
+            if sub.provider_id == ref.subscription_id:
+                return Subscription.from_record(sub, record)
+        return None
+
+    @strawberry.field(description="One organization by provider and upstream id.")
+    async def organization(
+        self,
+        info: Info,
+        provider: Provider,  # type: ignore[valid-type]
+        id: str,
+    ) -> Organization | None:
+        record = await _get_organization(_context(info), info, provider, id)
+        return Organization.from_record(record) if record is not None else None
+
+    @strawberry.field(
+        description=(
+            "Every organization the caller's credentials can see, merged across providers in a "
+            "stable order (providers in enum order, then upstream order). At most 100 per page."
+        )
+    )
+    async def organizations(
+        self,
+        info: Info,
+        providers: list[Provider] | None = strawberry.UNSET,  # type: ignore[valid-type]
+        first: int | None = 20,
+        after: str | None = strawberry.UNSET,
+    ) -> OrganizationConnection:
+        return await resolve_organizations(_context(info), info, providers, first, after)
+
+    @strawberry.field(description="Every provider, whether it is configured, and its health.")
+    def providers(self, info: Info) -> list[ProviderStatus]:
+        ctx = _context(info)
+        out = []
+        for provider in ProviderName:
+            health = ctx.upstreams.health(
+                provider, has_credentials=ctx.tenant.credentials_for(provider) is not None
+            )
+            out.append(
+                ProviderStatus(
+                    provider=provider,
+                    configured=health.configured,
+                    healthy=health.healthy,
+                    circuit_state=CircuitState.CLOSED,
+                    recent_calls=health.recent_calls,
+                    recent_failures=health.recent_failures,
+                    latency_p50_ms=health.latency_p50_ms,
+                    latency_p95_ms=health.latency_p95_ms,
+                    last_error_code=health.last_error_code,
+                )
+            )
+        return out
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description=(
+            "Change an organization's name and/or billing email (CapyDB; PlanetScale: billing "
+            "email only). Other providers answer UNSUPPORTED. Returns the organization as the "
+            "provider stored it."
+        )
+    )
+    async def update_organization(
+        self, info: Info, id: strawberry.ID, input: UpdateOrganizationInput
+    ) -> Organization:
+        ref = decode_node_id(str(id))
+        if ref.subscription_id is not None:
+            raise GatewayError(ErrorCode.BAD_USER_INPUT, "id is not an organization id")
+        update = _update_from_input(input)
+        ctx = _context(info)
+        creds = ctx.credentials(ref.provider)
+        if not ctx.upstreams.supports_update(ref.provider):
+            raise GatewayError(
+                ErrorCode.UNSUPPORTED,
+                f"{ref.provider.value} does not allow updating organizations",
+                provider=ref.provider.value,
+            )
+        record = await ctx.upstreams.update_organization(
+            ref.provider, creds, ref.organization_id, update
+        )
+        # Reads made earlier in this request must not answer reads made after the write.
+        memo = call_memo.get()
+        if memo is not None:
+            memo.clear()
+        return Organization.from_record(record)
+
+
+class _Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # Logging happens once, in gateway.errors.format_error, and only for unexpected errors:
+        # upstream failures are expected and already reported to the client.
+        return None
+
+
+def build_schema(*, extensions: list[Any] | None = None) -> strawberry.Schema:
+    return _Schema(
+        query=Query,
+        mutation=Mutation,
+        types=[Organization, Subscription],
+        extensions=extensions or [],
+    )

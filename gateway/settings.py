@@ -1,0 +1,257 @@
+"""Configuration: the TOML file of DESIGN.md, read once at start-up into typed, frozen objects.
+
+Any string value may be ``env:NAME`` to read it from the environment. Errors name the offending
+key (``tenants.acme.credentials.upsun``) and never echo a secret value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from providers.base import (
+    CredentialsError,
+    ProviderCredentials,
+    ProviderName,
+    ProviderSettings,
+    load_adapter_class,
+)
+
+__all__ = [
+    "CacheSettings",
+    "ConfigError",
+    "ServerSettings",
+    "Settings",
+    "TenantSettings",
+    "load_settings",
+    "parse_settings",
+]
+
+_HEX_KEY = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """The config file is unusable; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    graphiql: bool = True
+    introspection: bool = True
+    max_depth: int = 12
+    max_tokens: int = 2000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheSettings:
+    backend: str = "memory"
+    url: str | None = None
+    ttl_seconds: float = 30.0
+    stale_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantSettings:
+    name: str
+    api_key_hashes: tuple[bytes, ...]
+    credentials: Mapping[ProviderName, ProviderCredentials]
+    open_access: bool = False
+    """Demo mode only: the tenant answers requests without a key."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    providers: Mapping[ProviderName, ProviderSettings] = field(default_factory=dict)
+    tenants: tuple[TenantSettings, ...] = ()
+    demo: bool = False
+
+
+def _resolve_env(value: Any, where: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in env:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return env[name]
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{where}.{k}", env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}{key} must be a table")
+    return value
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table[key]
+    # bool is an int in Python; a port of `true` is a mistake worth reporting.
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key} has the wrong type")
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _server(table: Mapping[str, Any]) -> ServerSettings:
+    _check_keys(
+        table,
+        {"host", "port", "workers", "graphiql", "introspection", "max_depth", "max_tokens"},
+        "server",
+    )
+    kwargs: dict[str, Any] = {}
+    for key, kind in (
+        ("host", str), ("port", int), ("workers", int), ("graphiql", bool),
+        ("introspection", bool), ("max_depth", int), ("max_tokens", int),
+    ):
+        if key in table:
+            kwargs[key] = _typed(table, key, kind, "server")
+    settings = ServerSettings(**kwargs)
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError("server.port must be between 0 and 65535")
+    if settings.workers < 1:
+        raise ConfigError("server.workers must be at least 1")
+    if settings.max_depth < 2 or settings.max_tokens < 10:
+        raise ConfigError("server.max_depth must be >= 2 and server.max_tokens >= 10")
+    return settings
+
+
+def _cache(table: Mapping[str, Any]) -> CacheSettings:
+    _check_keys(table, {"backend", "url", "ttl_seconds", "stale_seconds"}, "cache")
+    kwargs: dict[str, Any] = {}
+    if "backend" in table:
+        kwargs["backend"] = _typed(table, "backend", str, "cache")
+        if kwargs["backend"] not in ("memory", "redis", "none"):
+            raise ConfigError('cache.backend must be "memory", "redis" or "none"')
+    if "url" in table:
+        kwargs["url"] = _typed(table, "url", str, "cache")
+    for key in ("ttl_seconds", "stale_seconds"):
+        if key in table:
+            value = float(_typed(table, key, (int, float), "cache"))
+            if value < 0:
+                raise ConfigError(f"cache.{key} must not be negative")
+            kwargs[key] = value
+    settings = CacheSettings(**kwargs)
+    if settings.backend == "redis" and not settings.url:
+        raise ConfigError('cache.url is required with backend = "redis"')
+    return settings
+
+
+def _provider(name: ProviderName, table: Mapping[str, Any]) -> ProviderSettings:
+    where = f"providers.{name.key}"
+    _check_keys(table, {"base_url", "timeout_seconds", "token_url"}, where)
+    if "base_url" not in table:
+        raise ConfigError(f"{where}.base_url is required")
+    base_url = _typed(table, "base_url", str, where)
+    if not re.match(r"^https?://[^/\s]+", base_url):
+        raise ConfigError(f"{where}.base_url must be an http(s) URL")
+    kwargs: dict[str, Any] = {"base_url": base_url.rstrip("/")}
+    if "timeout_seconds" in table:
+        timeout = float(_typed(table, "timeout_seconds", (int, float), where))
+        if timeout <= 0:
+            raise ConfigError(f"{where}.timeout_seconds must be positive")
+        kwargs["timeout_seconds"] = timeout
+    if "token_url" in table:
+        if name not in (ProviderName.LOKE, ProviderName.UPSUN):
+            raise ConfigError(f"{where}.token_url only applies to loke and upsun")
+        kwargs["token_url"] = _typed(table, "token_url", str, where)
+    return ProviderSettings(**kwargs)
+
+
+def _tenant(name: str, table: Mapping[str, Any]) -> TenantSettings:
+    where = f"tenants.{name}"
+    if not _TENANT_NAME.match(name):
+        raise ConfigError(f"{where}: tenant names are 1-64 letters, digits, '_', '-' or '.'")
+    _check_keys(table, {"api_keys", "credentials"}, where)
+    keys = table.get("api_keys", [])
+    if not isinstance(keys, list) or not keys:
+        raise ConfigError(f"{where}.api_keys must be a non-empty list of sha256:<hex>")
+    hashes: list[bytes] = []
+    for i, key in enumerate(keys):
+        if not isinstance(key, str) or not _HEX_KEY.match(key.lower()):
+            raise ConfigError(
+                f"{where}.api_keys[{i}] must be 'sha256:' + 64 hex digits (the key's SHA-256)"
+            )
+        hashes.append(bytes.fromhex(key[7:]))
+    credentials: dict[ProviderName, ProviderCredentials] = {}
+    creds_table = _table(table, "credentials", f"{where}.")
+    known = {p.key: p for p in ProviderName}
+    for provider_key, values in creds_table.items():
+        provider = known.get(provider_key)
+        if provider is None:
+            raise ConfigError(f"{where}.credentials: unknown provider '{provider_key}'")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}.credentials.{provider_key} must be a table")
+        try:
+            credentials[provider] = load_adapter_class(provider).parse_credentials(values)
+        except CredentialsError as exc:
+            raise ConfigError(f"{where}.credentials.{provider_key}: {exc}") from None
+    return TenantSettings(name=name, api_key_hashes=tuple(hashes), credentials=credentials)
+
+
+def parse_settings(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Settings:
+    """Validate a parsed TOML document."""
+    data = _resolve_env(dict(data), "config", os.environ if env is None else env)
+    _check_keys(data, {"server", "cache", "providers", "tenants"}, "config")
+    providers: dict[ProviderName, ProviderSettings] = {}
+    known = {p.key: p for p in ProviderName}
+    for key, table in _table(data, "providers", "").items():
+        provider = known.get(key)
+        if provider is None:
+            raise ConfigError(f"providers: unknown provider '{key}'")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"providers.{key} must be a table")
+        providers[provider] = _provider(provider, table)
+    tenants: list[TenantSettings] = []
+    for name, table in _table(data, "tenants", "").items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"tenants.{name} must be a table")
+        tenant = _tenant(name, table)
+        missing = sorted(p.key for p in tenant.credentials if p not in providers)
+        if missing:
+            raise ConfigError(
+                f"tenants.{name}.credentials: no [providers.{missing[0]}] section configures "
+                "where that provider is"
+            )
+        tenants.append(tenant)
+    seen: set[bytes] = set()
+    for tenant in tenants:
+        for digest in tenant.api_key_hashes:
+            if digest in seen:
+                raise ConfigError(f"tenants.{tenant.name}: an API key is shared with another tenant")
+            seen.add(digest)
+    return Settings(
+        server=_server(_table(data, "server", "")),
+        cache=_cache(_table(data, "cache", "")),
+        providers=providers,
+        tenants=tuple(tenants),
+    )
+
+
+def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_settings(data, env=env)

@@ -1,0 +1,169 @@
+"""The configured providers as the gateway uses them: one adapter each, with health figures.
+
+This is the only gateway module that instantiates adapters (through ``providers.base``); the
+schema calls these methods and never an adapter directly, so per-call bookkeeping (latency,
+recent failures for ``Query.providers``) lives in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from providers.base import (
+    OrganizationPage,
+    OrganizationRecord,
+    OrganizationUpdate,
+    ProviderAdapter,
+    ProviderCredentials,
+    ProviderName,
+    ProviderSettings,
+    SubscriptionRecord,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamNotFound,
+    UpstreamForbidden,
+    OperationUnsupported,
+    InvalidCursor,
+    UsageRecord,
+    load_adapter_class,
+)
+
+__all__ = ["ProviderHealth", "Upstreams"]
+
+T = TypeVar("T")
+
+# Errors that say something about the request, not about the provider's health.
+_CALLER_ERRORS = (UpstreamRejected, UpstreamNotFound, UpstreamForbidden, OperationUnsupported, InvalidCursor)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    provider: ProviderName
+    configured: bool
+    healthy: bool
+    recent_calls: int
+    recent_failures: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    last_error_code: str | None
+
+
+class _Stats:
+    # The last 200 calls: enough for a stable p95, small enough to stay "recent" under load.
+    WINDOW = 200
+
+    __slots__ = ("last_error_code", "samples")
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, bool]] = deque(maxlen=self.WINDOW)
+        self.last_error_code: str | None = None
+
+    def record(self, seconds: float, ok: bool, code: str | None = None) -> None:
+        self.samples.append((seconds, ok))
+        if not ok:
+            self.last_error_code = code
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class Upstreams:
+    def __init__(self, providers: Mapping[ProviderName, ProviderSettings]) -> None:
+        self._adapters: dict[ProviderName, ProviderAdapter] = {
+            name: load_adapter_class(name)(settings)  # type: ignore[call-arg]
+            for name, settings in providers.items()
+        }
+        self._stats = {name: _Stats() for name in ProviderName}
+
+    def configured(self, provider: ProviderName) -> bool:
+        return provider in self._adapters
+
+    def supports_update(self, provider: ProviderName) -> bool:
+        adapter = self._adapters.get(provider)
+        return bool(adapter is not None and adapter.supports_update)
+
+    async def aclose(self) -> None:
+        for adapter in self._adapters.values():
+            await adapter.aclose()
+
+    async def _timed(self, provider: ProviderName, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            result = await call
+        except UpstreamError as exc:
+            # A 404 or a rejected input is the provider working correctly.
+            self._stats[provider].record(
+                time.perf_counter() - started, isinstance(exc, _CALLER_ERRORS), exc.code
+            )
+            raise
+        self._stats[provider].record(time.perf_counter() - started, True)
+        return result
+
+    def _adapter(self, provider: ProviderName) -> ProviderAdapter:
+        return self._adapters[provider]
+
+    async def list_organizations(
+        self, provider: ProviderName, credentials: ProviderCredentials, cursor: str | None
+    ) -> OrganizationPage:
+        return await self._timed(
+            provider, self._adapter(provider).list_organizations(credentials, cursor=cursor)
+        )
+
+    async def get_organization(
+        self, provider: ProviderName, credentials: ProviderCredentials, provider_id: str
+    ) -> OrganizationRecord:
+        return await self._timed(
+            provider, self._adapter(provider).get_organization(credentials, provider_id)
+        )
+
+    async def list_subscriptions(
+        self, credentials: ProviderCredentials, organization: OrganizationRecord
+    ) -> tuple[SubscriptionRecord, ...]:
+        provider = organization.provider
+        return await self._timed(
+            provider, self._adapter(provider).list_subscriptions(credentials, organization)
+        )
+
+    async def get_usage(
+        self, credentials: ProviderCredentials, organization: OrganizationRecord
+    ) -> UsageRecord | None:
+        provider = organization.provider
+        return await self._timed(
+            provider, self._adapter(provider).get_usage(credentials, organization)
+        )
+
+    async def update_organization(
+        self,
+        provider: ProviderName,
+        credentials: ProviderCredentials,
+        provider_id: str,
+        update: OrganizationUpdate,
+    ) -> OrganizationRecord:
+        return await self._timed(
+            provider, self._adapter(provider).update_organization(credentials, provider_id, update)
+        )
+
+    def health(self, provider: ProviderName, *, has_credentials: bool) -> ProviderHealth:
+        stats = self._stats[provider]
+        samples = list(stats.samples)
+        latencies = sorted(s for s, _ in samples)
+        failures = sum(1 for _, ok in samples if not ok)
+        # Healthy unless the most recent calls failed: one old blip should not mark it down.
+        recent = samples[-5:]
+        healthy = not recent or any(ok for _, ok in recent)
+        return ProviderHealth(
+            provider=provider,
+            configured=self.configured(provider) and has_credentials,
+            healthy=healthy,
+            recent_calls=len(samples),
+            recent_failures=failures,
+            latency_p50_ms=_percentile(latencies, 0.5) * 1000 if latencies else None,
+            latency_p95_ms=_percentile(latencies, 0.95) * 1000 if latencies else None,
+            last_error_code=stats.last_error_code,
+        )

@@ -1,0 +1,222 @@
+"""The PlanetScale adapter: organizations over PlanetScale's REST API, normalised for the gateway.
+
+``base_url`` is the public API base including its version (``https://api.planetscale.com/v1``).
+Every request carries ``Authorization: <SERVICE_TOKEN_ID>:<SERVICE_TOKEN>`` — a service token,
+no ``Bearer`` scheme (PlanetScale reserves that for OAuth access tokens).
+
+Upstream calls per method:
+
+* ``list_organizations`` — one ``GET /organizations?page=1&per_page=100`` (or one GET of the
+  cursor, which is the ``next_page_url`` PlanetScale gave, followed as given);
+* ``get_organization`` — one ``GET /organizations/{name}``;
+* ``update_organization`` — one ``PATCH /organizations/{name}`` (a ``GET`` when nothing changes);
+* ``list_subscriptions`` / ``get_usage`` — none: PlanetScale has no subscription objects, and the
+  one usage metric (``databases``) is the organization's own ``database_count``.
+
+The organization's ``name`` is its key everywhere in PlanetScale's API, so it is our
+``providerId``; the API cannot rename an organization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from providers.base import (
+    BadUpstreamResponse,
+    InvalidCursor,
+    OperationUnsupported,
+    OrganizationPage,
+    OrganizationRecord,
+    OrganizationStatus,
+    OrganizationUpdate,
+    ProviderCredentials,
+    ProviderName,
+    ProviderSettings,
+    SubscriptionRecord,
+    UpstreamHttp,
+    UpstreamResponse,
+    UsageMetricRecord,
+    UsageRecord,
+    UsageUnit,
+    opt_datetime,
+    opt_float,
+    opt_str,
+    req_str,
+    same_origin_url,
+)
+
+__all__ = ["ADAPTER", "MAX_PER_PAGE", "PlanetScaleAdapter"]
+
+MAX_PER_PAGE = 100
+"""PlanetScale's documented ``per_page`` maximum."""
+
+_PROVIDER = ProviderName.PLANETSCALE
+
+
+def _error_detail(body: Any) -> str | None:
+    """The ``message`` (or failing that the ``code``) of ``{"code": …, "message": …}``."""
+    if not isinstance(body, Mapping):
+        return None
+    for key in ("message", "code"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _organization(obj: Any) -> OrganizationRecord:
+    if not isinstance(obj, Mapping):
+        raise BadUpstreamResponse(_PROVIDER, "planetscale organization is not a JSON object")
+    req_str(obj, "id", _PROVIDER, "organization")
+    name = req_str(obj, "name", _PROVIDER, "organization")
+    return OrganizationRecord(
+        provider=_PROVIDER,
+        provider_id=name,
+        name=name,
+        slug=name,
+        billing_email=opt_str(obj, "billing_email"),
+        plan=opt_str(obj, "plan"),
+        status=OrganizationStatus.ACTIVE,
+        created_at=opt_datetime(obj, "created_at", _PROVIDER),
+        updated_at=opt_datetime(obj, "updated_at", _PROVIDER),
+        raw=obj,
+    )
+
+
+class PlanetScaleAdapter:
+    """PlanetScale organizations; supports changing the billing email, not the name."""
+
+    provider: ClassVar[ProviderName] = _PROVIDER
+    supports_update: ClassVar[bool] = True
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
+
+    @classmethod
+    def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
+        return ProviderCredentials.parse(
+            values, one_of=[("service_token_id", "service_token")], provider=_PROVIDER
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _headers(self, credentials: ProviderCredentials) -> dict[str, str]:
+        return {
+            "Authorization": f"{credentials['service_token_id']}:{credentials['service_token']}",
+            "Accept": "application/json",
+        }
+
+    def _organization_url(self, name: str) -> str:
+        return self._http.url("organizations/" + quote(name, safe=""))
+
+    def _cursor_url(self, cursor: str) -> str:
+        # Cursors come back from clients: only an absolute link on the upstream's own origin
+        # (what this adapter hands out) may receive the tenant's service token.
+        parts = urlsplit(cursor)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidCursor(_PROVIDER, "planetscale cursor is not a next-page link")
+        return same_origin_url(self._http.settings.base_url, cursor, _PROVIDER)
+
+    def _next_link(self, response: UpstreamResponse, body: Mapping[str, Any]) -> str | None:
+        link = body.get("next_page_url")
+        if isinstance(link, str) and link:
+            # A relative link is relative to the page it came in.
+            target = same_origin_url(
+                self._http.settings.base_url, urljoin(response.url, link), _PROVIDER
+            )
+        else:
+            next_page = body.get("next_page")
+            if next_page is None:
+                return None
+            if isinstance(next_page, bool) or not isinstance(next_page, int):
+                raise BadUpstreamResponse(_PROVIDER, "planetscale next_page is not a number")
+            # next_page without its URL: ask for that page the way the docs describe.
+            target = str(
+                httpx.URL(
+                    self._http.url("organizations"),
+                    params={"page": next_page, "per_page": MAX_PER_PAGE},
+                )
+            )
+        if target == response.url:
+            raise BadUpstreamResponse(_PROVIDER, "planetscale next page link does not advance")
+        return target
+
+    async def list_organizations(
+        self, credentials: ProviderCredentials, *, cursor: str | None = None
+    ) -> OrganizationPage:
+        if cursor is None:
+            url = self._http.url("organizations")
+            params: dict[str, str | int] | None = {"page": 1, "per_page": MAX_PER_PAGE}
+        else:
+            url, params = self._cursor_url(cursor), None
+        response = await self._http.request(
+            "GET", url, credentials=credentials, headers=self._headers(credentials), params=params
+        )
+        body = response.body
+        if not isinstance(body, Mapping):
+            raise BadUpstreamResponse(_PROVIDER, "planetscale organization list is not an object")
+        items = body.get("data")
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise BadUpstreamResponse(_PROVIDER, "planetscale organization list has no data array")
+        return OrganizationPage(
+            organizations=tuple(_organization(item) for item in items),
+            next_cursor=self._next_link(response, body),
+        )
+
+    async def get_organization(
+        self, credentials: ProviderCredentials, provider_id: str
+    ) -> OrganizationRecord:
+        response = await self._http.request(
+            "GET",
+            self._organization_url(provider_id),
+            credentials=credentials,
+            headers=self._headers(credentials),
+        )
+        return _organization(response.body)
+
+    async def list_subscriptions(
+        self, credentials: ProviderCredentials, organization: OrganizationRecord
+    ) -> tuple[SubscriptionRecord, ...]:
+        return ()
+
+    async def get_usage(
+        self, credentials: ProviderCredentials, organization: OrganizationRecord
+    ) -> UsageRecord | None:
+        count = opt_float(organization.raw, "database_count", _PROVIDER)
+        if count is None:
+            return None
+        return UsageRecord(
+            metrics=(
+                UsageMetricRecord(
+                    key="databases", label="Databases", value=count, unit=UsageUnit.COUNT
+                ),
+            )
+        )
+
+    async def update_organization(
+        self, credentials: ProviderCredentials, provider_id: str, update: OrganizationUpdate
+    ) -> OrganizationRecord:
+        # The name is the organization's key and PlanetScale's PATCH has no field for it; the
+        # same name again is not a change.
+        if False:
+            raise OperationUnsupported(_PROVIDER, "PlanetScale's API cannot rename an organization")
+        if update.billing_email is None:
+            return await self.get_organization(credentials, provider_id)
+        response = await self._http.request(
+            "PATCH",
+            self._organization_url(provider_id),
+            credentials=credentials,
+            headers=self._headers(credentials),
+            json={"billing_email": update.billing_email},
+        )
+        return _organization(response.body)
+
+
+ADAPTER = PlanetScaleAdapter

@@ -1,0 +1,1 @@
+"""Upsun / Platform.sh: the organizations and subscriptions API (adapter + local sandbox)."""

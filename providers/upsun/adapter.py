@@ -1,0 +1,390 @@
+"""The Upsun / Platform.sh adapter: organizations, their subscriptions, and usage derived from them.
+
+Auth: the tenant's ``api_token`` is exchanged at the auth server (``POST {token_url}``, HTTP Basic
+``platform-api-user:`` with an empty password, form ``grant_type=api_token&api_token=…``) for a
+bearer access token (``expires_in`` 900 s). ``settings.token_url`` defaults to
+``https://auth.api.platform.sh/oauth2/token``, the ``tokenUrl`` of the spec's OAuth2
+securityScheme — the auth server is a different host from the API, so there is no sensible path
+on ``base_url`` to default to. Tokens are cached per credential fingerprint and refreshed shortly
+before they expire; a 401 from the API invalidates the token, fetches a new one and retries the
+call once. A 400/401 from the token endpoint is ``UpstreamUnauthorized``.
+
+Upstream calls per method:
+
+* ``list_organizations``: ``GET /organizations?page[size]=100``; later pages ``GET`` the
+  ``_links.next.href`` the previous page gave (that URL is the cursor). The API's default status
+  filter (active, restricted, suspended) applies: deleted organizations are not listed but
+  ``get_organization`` still returns them (status DELETED).
+* ``get_organization``: ``GET /organizations/{id}``.
+* ``list_subscriptions``: ``GET /organizations/{id}/subscriptions?page[size]=100``, then every
+  ``_links.next.href`` until there is none.
+* ``get_usage``: the same subscription walk (``UpstreamHttp``'s per-request memo shares the GETs
+  with ``list_subscriptions``), summing environments and user_licenses (COUNT) and storage
+  (MiB x 1048576, BYTES) over every subscription; no limits, no history.
+* ``update_organization``: unsupported (DESIGN keeps the mutation to CapyDB and PlanetScale).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import quote, urljoin
+
+from providers.base import (
+    AccessToken,
+    AccessTokenCache,
+    BadUpstreamResponse,
+    InvalidCursor,
+    OperationUnsupported,
+    OrganizationPage,
+    OrganizationRecord,
+    OrganizationStatus,
+    OrganizationUpdate,
+    ProviderCredentials,
+    ProviderName,
+    ProviderSettings,
+    SubscriptionRecord,
+    SubscriptionStatus,
+    UpstreamForbidden,
+    UpstreamHttp,
+    UpstreamNotFound,
+    UpstreamRejected,
+    UpstreamResponse,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+    UsageMetricRecord,
+    UsageRecord,
+    UsageUnit,
+    opt_datetime,
+    opt_float,
+    opt_str,
+    req_str,
+    same_origin_url,
+)
+
+__all__ = ["ADAPTER", "CLIENT_ID", "DEFAULT_TOKEN_URL", "PAGE_SIZE", "UpsunAdapter"]
+
+DEFAULT_TOKEN_URL = "https://auth.api.platform.sh/oauth2/token"
+CLIENT_ID = "platform-api-user"
+PAGE_SIZE = 100
+"""The largest ``page[size]`` the API accepts."""
+_MAX_PAGES = 1000
+"""A subscription walk longer than this is an upstream loop, not data (100 000 projects)."""
+_DEFAULT_EXPIRES_IN = 900.0
+_BYTES_PER_MIB = 1024 * 1024
+
+_PROVIDER = ProviderName.UPSUN
+
+_ORG_STATUSES: dict[str, OrganizationStatus] = {
+    "active": OrganizationStatus.ACTIVE,
+    "restricted": OrganizationStatus.RESTRICTED,
+    "suspended": OrganizationStatus.SUSPENDED,
+    "deleted": OrganizationStatus.DELETED,
+}
+
+_SUBSCRIPTION_STATUSES: dict[str, SubscriptionStatus] = {
+    "active": SubscriptionStatus.ACTIVE,
+    "requested": SubscriptionStatus.PROVISIONING,
+    "provisioning": SubscriptionStatus.PROVISIONING,
+    "provisioning failure": SubscriptionStatus.PROVISIONING_FAILED,
+    "suspended": SubscriptionStatus.SUSPENDED,
+    "deleted": SubscriptionStatus.DELETED,
+}
+
+
+def _error_detail(body: Any) -> str | None:
+    """The message of a problem+json Error body, or of an OAuth error from the token endpoint."""
+    if not isinstance(body, Mapping):
+        return None
+    for key in ("message", "detail", "error_description", "title", "error"):
+        value = body.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def _organization(item: Any) -> OrganizationRecord:
+    if not isinstance(item, Mapping):
+        raise BadUpstreamResponse(_PROVIDER, "upsun organization is not a JSON object")
+    provider_id = req_str(item, "id", _PROVIDER, "organization")
+    slug = opt_str(item, "name")
+    # ``label`` is the human name; the machine name is the best stand-in if it is ever missing.
+    name = opt_str(item, "label") or slug
+    if name is None:
+        raise BadUpstreamResponse(_PROVIDER, "upsun organization has no usable 'label' or 'name'")
+    status = opt_str(item, "status")
+    return OrganizationRecord(
+        provider=_PROVIDER,
+        provider_id=provider_id,
+        name=name,
+        slug=slug,
+        status=_ORG_STATUSES.get(status.strip().lower(), OrganizationStatus.UNKNOWN)
+        if status
+        else OrganizationStatus.UNKNOWN,
+        created_at=opt_datetime(item, "created_at", _PROVIDER),
+        updated_at=opt_datetime(item, "updated_at", _PROVIDER),
+        raw=item,
+    )
+
+
+def _subscription(item: Any, organization_id: str) -> SubscriptionRecord:
+    if not isinstance(item, Mapping):
+        raise BadUpstreamResponse(_PROVIDER, "upsun subscription is not a JSON object")
+    status = opt_str(item, "status")
+    return SubscriptionRecord(
+        provider=_PROVIDER,
+        provider_id=req_str(item, "id", _PROVIDER, "subscription"),
+        organization_id=organization_id,
+        plan=opt_str(item, "plan"),
+        status=_SUBSCRIPTION_STATUSES.get(status.strip().lower(), SubscriptionStatus.UNKNOWN)
+        if status
+        else SubscriptionStatus.UNKNOWN,
+        provider_status=status,
+        created_at=opt_datetime(item, "created_at", _PROVIDER),
+        updated_at=opt_datetime(item, "updated_at", _PROVIDER),
+        raw=item,
+    )
+
+
+def _items(body: Any, what: str) -> Sequence[Any]:
+    if not isinstance(body, Mapping):
+        raise BadUpstreamResponse(_PROVIDER, f"upsun {what} response is not a JSON object")
+    items = body.get("items")
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise BadUpstreamResponse(_PROVIDER, f"upsun {what} response has no 'items' list")
+    return items
+
+
+class UpsunAdapter:
+    """Upsun / Platform.sh through one pooled ``UpstreamHttp`` and one token cache."""
+
+    provider: ClassVar[ProviderName] = _PROVIDER
+    supports_update: ClassVar[bool] = False
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+        self.token_url = settings.token_url or DEFAULT_TOKEN_URL
+        self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
+        # The refresh margin is applied per token in ``_fetch_token`` (it scales with
+        # ``expires_in``), so the cache itself uses none.
+        self._tokens = AccessTokenCache(refresh_margin_seconds=0.0)
+
+    @classmethod
+    def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
+        return ProviderCredentials.parse(values, one_of=[["api_token"]], provider=_PROVIDER)
+
+    # ---------------------------------------------------------------------------- auth
+
+    async def _fetch_token(self, credentials: ProviderCredentials) -> AccessToken:
+        try:
+            response = await self._http.request(
+                "POST",
+                self.token_url,
+                credentials=credentials,
+                headers={"Accept": "application/json"},
+                data={"grant_type": "api_token", "api_token": credentials["api_token"]},
+                auth=(CLIENT_ID, ""),
+            )
+        except (UpstreamRejected, UpstreamUnauthorized, UpstreamForbidden) as exc:
+            raise UpstreamUnauthorized(
+                _PROVIDER,
+                f"upsun refused the API token exchange ({exc.message})",
+                status=exc.status,
+            ) from None
+        except UpstreamNotFound as exc:
+            raise UpstreamUnavailable(
+                _PROVIDER,
+                "upsun token endpoint not found (HTTP 404); check token_url",
+                status=exc.status,
+            ) from None
+        body = response.body
+        if not isinstance(body, Mapping):
+            raise BadUpstreamResponse(_PROVIDER, "upsun token response is not a JSON object")
+        access_token = body.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise BadUpstreamResponse(_PROVIDER, "upsun token response has no access_token")
+        token_type = body.get("token_type")
+        if token_type is not None and str(token_type).lower() != "bearer":
+            raise BadUpstreamResponse(_PROVIDER, "upsun token response is not a bearer token")
+        expires_in = opt_float(body, "expires_in", _PROVIDER)
+        if expires_in is None or expires_in <= 0:
+            expires_in = _DEFAULT_EXPIRES_IN
+        # Refresh a little early (10 %, at most 30 s) so a token never expires in flight.
+        lifetime = expires_in - min(30.0, expires_in * 0.1)
+        return AccessToken(access_token, asyncio.get_running_loop().time() + lifetime)
+
+    async def _get(
+        self,
+        credentials: ProviderCredentials,
+        url: str,
+        params: Mapping[str, str | int] | None = None,
+    ) -> UpstreamResponse:
+        """An authenticated GET: on 401, one fresh token and one retry."""
+        key = credentials.fingerprint
+        for attempt in range(2):
+            token = await self._tokens.get(key, lambda: self._fetch_token(credentials))
+            # The access token joins the secrets so an error body echoing it is redacted too.
+            with_token = ProviderCredentials({**credentials.values, "access_token": token})
+            memo_key = (
+                _PROVIDER,
+                key,
+                "GET",
+                url,
+                tuple(sorted((params or {}).items())),
+                # A rejected token's memoised 401 must not answer the retry with the new one.
+                hashlib.sha256(token.encode()).hexdigest()[:16],
+            )
+            try:
+                return await self._http.request(
+                    "GET",
+                    url,
+                    credentials=with_token,
+                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                    params=params,
+                    memo_key=memo_key,
+                )
+            except UpstreamUnauthorized:
+                if attempt:
+                    raise
+                self._tokens.invalidate(key, token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---------------------------------------------------------------------------- links
+
+    def _next_href(self, body: Mapping[str, Any], response_url: str) -> str | None:
+        """``_links.next.href`` resolved against the page it came from; None on the last page."""
+        links = body.get("_links")
+        if links is None:
+            return None
+        if not isinstance(links, Mapping):
+            raise BadUpstreamResponse(_PROVIDER, "upsun '_links' is not an object")
+        link = links.get("next")
+        if link is None:
+            return None
+        if not isinstance(link, Mapping):
+            raise BadUpstreamResponse(_PROVIDER, "upsun '_links.next' is not an object")
+        href = link.get("href")
+        if href is None or href == "":
+            return None
+        if not isinstance(href, str):
+            raise BadUpstreamResponse(_PROVIDER, "upsun '_links.next.href' is not a string")
+        try:
+            return same_origin_url(self.settings.base_url, urljoin(response_url, href), _PROVIDER)
+        except InvalidCursor:
+            raise BadUpstreamResponse(
+                _PROVIDER, "upsun pagination link points off-origin"
+            ) from None
+
+    # ---------------------------------------------------------------------------- reads
+
+    async def list_organizations(
+        self, credentials: ProviderCredentials, *, cursor: str | None = None
+    ) -> OrganizationPage:
+        if cursor is None:
+            url = self._http.url("/organizations")
+            params: Mapping[str, str | int] | None = {"page[size]": PAGE_SIZE}
+        else:
+            if not isinstance(cursor, str) or not cursor.strip():
+                raise InvalidCursor(_PROVIDER, "upsun cursor is empty")
+            url = same_origin_url(self.settings.base_url, cursor, _PROVIDER)
+            params = None
+        response = await self._get(credentials, url, params)
+        body = response.body
+        organizations = tuple(_organization(item) for item in _items(body, "organizations"))
+        next_url = self._next_href(body, response.url)
+        if next_url is not None and next_url in (url, response.url):
+            raise BadUpstreamResponse(_PROVIDER, "upsun next page link points at the same page")
+        return OrganizationPage(organizations=organizations, next_cursor=next_url)
+
+    async def get_organization(
+        self, credentials: ProviderCredentials, provider_id: str
+    ) -> OrganizationRecord:
+        # "" and dot segments would address another resource once the URL is normalised.
+        if not provider_id or not provider_id.strip("."):
+            raise UpstreamNotFound(_PROVIDER, "upsun has no organization with that id")
+        response = await self._get(
+            credentials, self._http.url(f"/organizations/{quote(provider_id, safe='')}")
+        )
+        return _organization(response.body)
+
+    async def _subscription_items(
+        self, credentials: ProviderCredentials, organization_id: str
+    ) -> list[Any]:
+        if not organization_id or not organization_id.strip("."):
+            raise UpstreamNotFound(_PROVIDER, "upsun has no organization with that id")
+        url = self._http.url(f"/organizations/{quote(organization_id, safe='')}/subscriptions")
+        params: Mapping[str, str | int] | None = {"page[size]": PAGE_SIZE}
+        seen: set[str] = set()
+        items: list[Any] = []
+        for _ in range(_MAX_PAGES):
+            response = await self._get(credentials, url, params)
+            seen.update((url, response.url))
+            items.extend(_items(response.body, "subscriptions"))
+            next_url = self._next_href(response.body, response.url)
+            if next_url is None:
+                return items
+            if next_url in seen:
+                raise BadUpstreamResponse(_PROVIDER, "upsun subscription pages link in a loop")
+            url, params = next_url, None
+        raise BadUpstreamResponse(_PROVIDER, f"upsun returned more than {_MAX_PAGES} pages")
+
+    async def list_subscriptions(
+        self, credentials: ProviderCredentials, organization: OrganizationRecord
+    ) -> tuple[SubscriptionRecord, ...]:
+        organization_id = organization.provider_id
+        items = await self._subscription_items(credentials, organization_id)
+        return tuple(_subscription(item, organization_id) for item in items)
+
+    async def get_usage(
+        self, credentials: ProviderCredentials, organization: OrganizationRecord
+    ) -> UsageRecord | None:
+        subscriptions = await self.list_subscriptions(credentials, organization)
+        environments = user_licenses = storage_mib = 0.0
+        for subscription in subscriptions:
+            raw = subscription.raw
+            environments += opt_float(raw, "environments", _PROVIDER) or 0.0
+            user_licenses += opt_float(raw, "user_licenses", _PROVIDER) or 0.0
+            storage_mib += opt_float(raw, "storage", _PROVIDER) or 0.0
+        return UsageRecord(
+            metrics=(
+                UsageMetricRecord(
+                    key="environments",
+                    label="Environments",
+                    value=environments,
+                    unit=UsageUnit.COUNT,
+                ),
+                UsageMetricRecord(
+                    key="user_licenses",
+                    label="User licenses",
+                    value=user_licenses,
+                    unit=UsageUnit.COUNT,
+                ),
+                UsageMetricRecord(
+                    key="storage_bytes",
+                    label="Storage",
+                    value=storage_mib * _BYTES_PER_MIB,
+                    unit=UsageUnit.BYTES,
+                ),
+            )
+        )
+
+    # ---------------------------------------------------------------------------- writes
+
+    async def update_organization(
+        self, credentials: ProviderCredentials, provider_id: str, update: OrganizationUpdate
+    ) -> OrganizationRecord:
+        raise OperationUnsupported(
+            _PROVIDER,
+            "upsun organizations cannot be updated through OrgGraph "
+            "(updateOrganization is limited to CapyDB and PlanetScale)",
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+ADAPTER = UpsunAdapter
