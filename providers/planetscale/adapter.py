@@ -205,7 +205,7 @@ class PlanetScaleAdapter:
     ) -> OrganizationRecord:
         # The name is the organization's key and PlanetScale's PATCH has no field for it; the
         # same name again is not a change.
-        if False:
+        if update.name is not None and update.name != provider_id:
             raise OperationUnsupported(_PROVIDER, "PlanetScale's API cannot rename an organization")
         if update.billing_email is None:
             return await self.get_organization(credentials, provider_id)
