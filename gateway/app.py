@@ -18,18 +18,15 @@ from typing import Any
 import orjson
 import strawberry
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
-from graphql.language import OperationType
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from strawberry.exceptions import (
-    CannotGetOperationTypeError,
-    InvalidOperationTypeError,
-    MissingQueryError,
-)
+from strawberry.exceptions import MissingQueryError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter
+from strawberry.types.graphql import OperationType
 
 from gateway.demo import DemoOptions, running_demo
 from gateway.errors import ErrorCode, GatewayError, format_error
@@ -62,10 +59,11 @@ def build_runtime(settings: Settings) -> Runtime:
     rules: list[Any] = [max_depth_rule(settings.server.max_depth)]
     if not settings.server.introspection:
         rules.append(NoSchemaIntrospectionCustomRule)
+    max_tokens = settings.server.max_tokens
     schema = build_schema(
         extensions=[
-            MaxTokensLimiter(max_token_count=settings.server.max_tokens),
-            AddValidationRules(rules),
+            lambda: MaxTokensLimiter(max_token_count=max_tokens),
+            lambda: AddValidationRules(rules),
         ]
     )
     return Runtime(
@@ -189,7 +187,9 @@ async def graphql_endpoint(request: Request) -> Response:
     payload: dict[str, Any] = {}
     if errors:
         payload["errors"] = [format_error(e) for e in errors]
-    if result.data is not None or not errors:
+    # Spec: "data" is present (maybe null) once execution started, absent when the request
+    # failed parsing or validation; only execution errors have a path.
+    if result.data is not None or not errors or any(e.path for e in errors):
         payload["data"] = result.data
     if result.extensions:
         payload["extensions"] = result.extensions

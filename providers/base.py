@@ -470,6 +470,9 @@ class CallMemo:
         try:
             result = await fetch()
         except BaseException as exc:
+            # Callers already waiting share the failure; a later call (a retry after a token
+            # refresh, say) goes upstream again instead of replaying it.
+            self._futures.pop(key, None)
             future.set_exception(exc)
             future.exception()  # mark retrieved: no "never retrieved" warning if nobody waits
             raise

@@ -160,7 +160,10 @@ class PlanetScaleAdapter:
         body = response.body
         if not isinstance(body, Mapping):
             raise BadUpstreamResponse(_PROVIDER, "planetscale organization list is not an object")
-        items = body.get("data")
+        # The list envelope always has "data"; a body without it is not this API's answer.
+        if "data" not in body:
+            raise BadUpstreamResponse(_PROVIDER, "planetscale organization list has no data array")
+        items = body["data"]
         if items is None:
             items = []
         if not isinstance(items, list):

@@ -1,0 +1,174 @@
+"""Shared fixtures: the five sandboxes and gateways on loopback, configured through real TOML.
+
+Tenants of the test deployment:
+* ``acme`` and ``globex``: every provider, each with its sandbox account's credentials;
+* ``partial``: only CapyDB and PlanetScale credentials (acme's);
+* ``broken``: acme's ids but wrong secrets everywhere, for upstream-auth failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import Settings, load_settings
+from gateway.tenancy import hash_api_key
+from providers.base import ProviderName, load_sandbox_module
+from providers.sandbox_kit import SandboxOptions
+from tests.support import ServedApp, serve_app
+
+# Pages of at most 3 force the gateway to walk several upstream pages per provider.
+SANDBOX_OPTIONS = SandboxOptions(orgs=14, max_page_size=3, rate_limits=False)
+
+KEYS = {
+    "acme": "test-gateway-key-acme",
+    "globex": "test-gateway-key-globex",
+    "partial": "test-gateway-key-partial",
+    "broken": "test-gateway-key-broken",
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _inline(table: dict[str, Any]) -> str:
+    return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in table.items()) + " }"
+
+
+def sandbox_credentials(provider: ProviderName, account: str) -> dict[str, str]:
+    creds: dict[str, str] = load_sandbox_module(provider).demo_credentials(
+        account, SANDBOX_OPTIONS
+    )
+    return creds
+
+
+def broken(creds: dict[str, str]) -> dict[str, str]:
+    """Same shape, wrong secrets (ids kept, so only the secret part is wrong)."""
+    out = dict(creds)
+    for key in ("api_key", "client_secret", "service_token", "api_token"):
+        if key in out:
+            out[key] = out[key] + "-wrong"
+    return out
+
+
+def write_config(
+    path: Path,
+    sandboxes: dict[ProviderName, ServedApp],
+    *,
+    timeout: float = 5.0,
+    extra: str = "",
+) -> Path:
+    lines = ["[server]", "max_depth = 8", "", "[cache]", 'backend = "none"', ""]
+    for provider, served in sandboxes.items():
+        lines.append(f"[providers.{provider.key}]")
+        lines.append(f"base_url = {_toml_value(served.url)}")
+        lines.append(f"timeout_seconds = {timeout}")
+        token_path = getattr(load_sandbox_module(provider), "TOKEN_PATH", None)
+        if token_path:
+            lines.append(f"token_url = {_toml_value(served.url + token_path)}")
+        lines.append("")
+    tenants: dict[str, dict[ProviderName, dict[str, str]]] = {
+        "acme": {p: sandbox_credentials(p, "acme") for p in ProviderName},
+        "globex": {p: sandbox_credentials(p, "globex") for p in ProviderName},
+        "partial": {
+            p: sandbox_credentials(p, "acme")
+            for p in (ProviderName.CAPYDB, ProviderName.PLANETSCALE)
+        },
+        "broken": {p: broken(sandbox_credentials(p, "acme")) for p in ProviderName},
+    }
+    for name, creds in tenants.items():
+        lines.append(f"[tenants.{name}]")
+        lines.append(f'api_keys = ["{hash_api_key(KEYS[name])}"]')
+        lines.append(f"[tenants.{name}.credentials]")
+        for provider, values in creds.items():
+            lines.append(f"{provider.key} = {_inline(values)}")
+        lines.append("")
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+@dataclass
+class Deployment:
+    """A served gateway plus the sandboxes behind it."""
+
+    url: str
+    sandboxes: dict[ProviderName, ServedApp]
+    settings: Settings
+
+    def query(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        tenant: str | None = "acme",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        all_headers = dict(headers or {})
+        if tenant is not None:
+            all_headers["Authorization"] = f"Bearer {KEYS[tenant]}"
+        return httpx.post(
+            self.url + "/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers=all_headers,
+            timeout=30,
+        )
+
+    def data(self, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> Any:
+        """The ``data`` of a query that must succeed without errors."""
+        response = self.query(query, variables, **kw)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def upstream_requests(self) -> dict[ProviderName, list[dict[str, str]]]:
+        return {p: s.requests() for p, s in self.sandboxes.items()}
+
+    def reset_sandboxes(self) -> None:
+        for served in self.sandboxes.values():
+            served.clear_faults()
+            served.clear_requests()
+
+
+@pytest.fixture(scope="session")
+def sandboxes() -> Iterator[dict[ProviderName, ServedApp]]:
+    served: dict[ProviderName, ServedApp] = {}
+    stack = []
+    try:
+        for provider in ProviderName:
+            ctx = serve_app(load_sandbox_module(provider).create_app(options=SANDBOX_OPTIONS))
+            served[provider] = ctx.__enter__()
+            stack.append(ctx)
+        yield served
+    finally:
+        for ctx in reversed(stack):
+            ctx.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def deployment(
+    sandboxes: dict[ProviderName, ServedApp], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    config = write_config(tmp_path_factory.mktemp("cfg") / "orggraph.toml", sandboxes)
+    settings = load_settings(config)
+    with serve_app(create_app(settings)) as gateway:
+        yield Deployment(gateway.url, sandboxes, settings)
+
+
+@pytest.fixture
+def gw(deployment: Deployment) -> Iterator[Deployment]:
+    """The shared deployment with clean sandbox faults and request logs around each test."""
+    deployment.reset_sandboxes()
+    yield deployment
+    deployment.reset_sandboxes()
