@@ -132,6 +132,9 @@ class Deployment:
         assert "errors" not in body, body["errors"]
         return body["data"]
 
+    def sandboxes_requests(self, provider: str) -> list[dict[str, str]]:
+        return self.sandboxes[ProviderName(provider)].requests()
+
     def upstream_requests(self) -> dict[ProviderName, list[dict[str, str]]]:
         return {p: s.requests() for p, s in self.sandboxes.items()}
 

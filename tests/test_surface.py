@@ -1,0 +1,149 @@
+"""The service's outer surface: the real ``orggraph`` commands, demo mode, GraphiQL, /healthz,
+and schema.graphql kept in step with the code."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.demo import DemoOptions
+from providers.sandbox_kit import SandboxOptions
+from tests.conftest import Deployment
+from tests.support import serve_app
+
+ROOT = Path(__file__).resolve().parent.parent
+ORGGRAPH = str(Path(sys.executable).parent / "orggraph")
+
+
+def test_schema_file_matches_the_code() -> None:
+    printed = subprocess.run(
+        [ORGGRAPH, "schema"], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert printed == (ROOT / "schema.graphql").read_text(), (
+        "schema.graphql is stale: run `make schema` and review the diff"
+    )
+    for contract in (
+        "enum Provider {", "interface Node {", "type Organization implements Node {",
+        "type Subscription implements Node {", "enum UsageUnit {",
+        "organizations(providers: [Provider!], first: Int = 20, after: String): "
+        "OrganizationConnection!",
+        "updateOrganization(id: ID!, input: UpdateOrganizationInput!): Organization!",
+    ):
+        assert contract in printed
+
+
+def test_healthz(gw: Deployment) -> None:
+    response = httpx.get(gw.url + "/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_graphiql_is_served_with_local_assets_only(gw: Deployment) -> None:
+    page = httpx.get(gw.url + "/graphql", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) == 4
+    for asset in assets:
+        assert asset.startswith("/static/"), asset
+        loaded = httpx.get(gw.url + asset)
+        assert loaded.status_code == 200 and len(loaded.content) > 1000
+    # No script or stylesheet from anywhere else: GraphiQL works offline.
+    assert not re.search(r'(?:src|href)="https?://', page.text)
+
+
+def test_demo_mode_serves_every_provider_without_a_key() -> None:
+    app = create_app(None, demo=DemoOptions(sandbox=SandboxOptions(orgs=4)))
+    with serve_app(app) as served:
+        body = httpx.post(
+            served.url + "/graphql",
+            json={"query": "{ organizations(first: 100) { nodes { provider name } } }"},
+        ).json()
+    assert "errors" not in body, body
+    providers = {n["provider"] for n in body["data"]["organizations"]["nodes"]}
+    assert providers == {"CAPYDB", "LOKE", "BUNDLE", "PLANETSCALE", "UPSUN"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def process() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_orggraph_serve_without_config_is_the_demo(
+    process: list[subprocess.Popen[str]],
+) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "ORGGRAPH_CONFIG"}
+    proc = subprocess.Popen(
+        [ORGGRAPH, "serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    process.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    body = httpx.post(
+        url + "/graphql", json={"query": "{ organizations(first: 100) { nodes { provider } } }"}
+    ).json()
+    assert len({n["provider"] for n in body["data"]["organizations"]["nodes"]}) == 5
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=15)
+    assert "DEMO MODE" in output
+    assert "Traceback" not in output
+
+
+def test_orggraph_sandbox_prints_base_urls_that_answer(
+    process: list[subprocess.Popen[str]],
+) -> None:
+    proc = subprocess.Popen(
+        [ORGGRAPH, "sandbox", "--port-base", "0", "--orgs", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    process.append(proc)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith("upsun = "):
+        line = proc.stdout.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    urls = re.findall(r'^base_url = "(http://127\.0\.0\.1:\d+)"$', "".join(lines), re.M)
+    assert len(urls) == 5
+    for url in urls:
+        assert httpx.get(url + "/__sandbox/requests").status_code == 200
+
+
+def test_config_errors_are_reported_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[cache]\nbackend = "memcached"\n')
+    result = subprocess.run(
+        [ORGGRAPH, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "cache.backend" in result.stderr and "Traceback" not in result.stderr
