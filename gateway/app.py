@@ -24,8 +24,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from strawberry.exceptions import MissingQueryError
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
 from gateway.demo import DemoOptions, running_demo
@@ -85,7 +85,9 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
 
 def _request_error(code: ErrorCode, message: str, status: int) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="orggraph"'} if status == 401 else None
-    return _json({"errors": [{"message": message, "extensions": {"code": code.value}}]}, status, headers)
+    return _json(
+        {"errors": [{"message": message, "extensions": {"code": code.value}}]}, status, headers
+    )
 
 
 def _graphiql_page(path: str) -> HTMLResponse:
@@ -113,9 +115,7 @@ async def _read_params(request: Request) -> dict[str, Any] | Response:
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "application/graphql-response+json"):
-        return _request_error(
-            ErrorCode.BAD_USER_INPUT, "POST bodies must be application/json", 415
-        )
+        return _request_error(ErrorCode.BAD_USER_INPUT, "POST bodies must be application/json", 415)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         return _request_error(ErrorCode.BAD_USER_INPUT, "Request body too large", 413)
@@ -129,9 +129,7 @@ async def _read_params(request: Request) -> dict[str, Any] | Response:
     if isinstance(parsed, list):
         return _request_error(ErrorCode.BAD_USER_INPUT, "Batched requests are not supported", 400)
     if not isinstance(parsed, dict):
-        return _request_error(
-            ErrorCode.BAD_USER_INPUT, "Request body must be a JSON object", 400
-        )
+        return _request_error(ErrorCode.BAD_USER_INPUT, "Request body must be a JSON object", 400)
     return parsed
 
 
@@ -175,9 +173,7 @@ async def graphql_endpoint(request: Request) -> Response:
             allowed_operation_types=_QUERY_ONLY if request.method == "GET" else _ALL_OPERATIONS,
         )
     except InvalidOperationTypeError:
-        return _request_error(
-            ErrorCode.BAD_USER_INPUT, "Mutations must be sent with POST", 405
-        )
+        return _request_error(ErrorCode.BAD_USER_INPUT, "Mutations must be sent with POST", 405)
     except (MissingQueryError, CannotGetOperationTypeError) as exc:
         return _request_error(ErrorCode.BAD_USER_INPUT, str(exc) or "Unknown operation", 400)
     finally:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
@@ -21,7 +22,7 @@ __all__ = ["app_from_env", "main"]
 CONFIG_ENV = "ORGGRAPH_CONFIG"
 
 
-def app_from_env():  # type: ignore[no-untyped-def]
+def app_from_env() -> Any:
     """uvicorn factory for multi-worker serving: every worker reads the same config file."""
     from gateway.app import create_app
 
@@ -47,12 +48,20 @@ def _serve(args: argparse.Namespace) -> int:
         if workers > 1:
             os.environ[CONFIG_ENV] = os.path.abspath(config_path)
             uvicorn.run(
-                "gateway.cli:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level, access_log=args.verbose,
+                "gateway.cli:app_from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level=log_level,
+                access_log=args.verbose,
             )
         else:
             uvicorn.run(
-                create_app(settings), host=host, port=port, log_level=log_level,
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level=log_level,
                 access_log=args.verbose,
             )
         return 0
@@ -67,7 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
         f"GraphiQL: http://{host}:{port}/graphql"
     )
     uvicorn.run(
-        create_app(None, demo=options), host=host, port=port, log_level=log_level,
+        create_app(None, demo=options),
+        host=host,
+        port=port,
+        log_level=log_level,
         access_log=args.verbose,
     )
     return 0
@@ -134,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help="run the five provider sandboxes standalone")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument(
-        "--port-base", type=int, default=9001,
+        "--port-base",
+        type=int,
+        default=9001,
         help="first port; providers get consecutive ports (0: ephemeral ports)",
     )
     sandbox.add_argument("--orgs", type=int, default=8, help="organizations per sandbox")

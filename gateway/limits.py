@@ -47,9 +47,7 @@ def _depth(
             fragment = fragments.get(name)
             if fragment is None or name in visiting:
                 continue  # unknown or cyclic: other validation rules report these
-            deepest = max(
-                deepest, _depth(fragment.selection_set, fragments, visiting | {name})
-            )
+            deepest = max(deepest, _depth(fragment.selection_set, fragments, visiting | {name}))
     return deepest
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from graphql import GraphQLError
@@ -154,7 +154,9 @@ class Usage:
     metrics: list[UsageMetric]
     _samples: strawberry.Private[list[UsageSample]]
 
-    @strawberry.field(description="One metric by key, or null when the provider has no such metric.")
+    @strawberry.field(
+        description="One metric by key, or null when the provider has no such metric."
+    )
     def metric(self, key: str) -> UsageMetric | None:
         return next((m for m in self.metrics if m.key == key), None)
 
@@ -218,7 +220,7 @@ class Subscription(Node):
             cancel_at=record.cancel_at,
             created_at=record.created_at,
             updated_at=record.updated_at,
-            raw=dict(record.raw),
+            raw=cast(JSON, dict(record.raw)),
             _organization=org,
         )
 
@@ -277,7 +279,7 @@ class Organization(Node):
             status=record.status,
             created_at=record.created_at,
             updated_at=record.updated_at,
-            raw=dict(record.raw),
+            raw=cast(JSON, dict(record.raw)),
             _record=record,
         )
 

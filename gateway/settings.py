@@ -119,8 +119,13 @@ def _server(table: Mapping[str, Any]) -> ServerSettings:
     )
     kwargs: dict[str, Any] = {}
     for key, kind in (
-        ("host", str), ("port", int), ("workers", int), ("graphiql", bool),
-        ("introspection", bool), ("max_depth", int), ("max_tokens", int),
+        ("host", str),
+        ("port", int),
+        ("workers", int),
+        ("graphiql", bool),
+        ("introspection", bool),
+        ("max_depth", int),
+        ("max_tokens", int),
     ):
         if key in table:
             kwargs[key] = _typed(table, key, kind, "server")
@@ -236,7 +241,9 @@ def parse_settings(data: Mapping[str, Any], *, env: Mapping[str, str] | None = N
     for tenant in tenants:
         for digest in tenant.api_key_hashes:
             if digest in seen:
-                raise ConfigError(f"tenants.{tenant.name}: an API key is shared with another tenant")
+                raise ConfigError(
+                    f"tenants.{tenant.name}: an API key is shared with another tenant"
+                )
             seen.add(digest)
     return Settings(
         server=_server(_table(data, "server", "")),

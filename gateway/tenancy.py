@@ -55,7 +55,7 @@ class TenantDirectory:
         return self._open
 
     def authenticate(self, authorization: str | None) -> Tenant:
-        """The tenant for an ``Authorization`` header value, or ``GatewayError(UNAUTHENTICATED)``."""
+        """The tenant for an ``Authorization`` header, or ``GatewayError(UNAUTHENTICATED)``."""
         if self._open is not None:
             return self._open
         if not authorization:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from providers.base import (
+    InvalidCursor,
+    OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
     OrganizationUpdate,
@@ -23,11 +25,9 @@ from providers.base import (
     ProviderSettings,
     SubscriptionRecord,
     UpstreamError,
-    UpstreamRejected,
-    UpstreamNotFound,
     UpstreamForbidden,
-    OperationUnsupported,
-    InvalidCursor,
+    UpstreamNotFound,
+    UpstreamRejected,
     UsageRecord,
     load_adapter_class,
 )
@@ -37,7 +37,13 @@ __all__ = ["ProviderHealth", "Upstreams"]
 T = TypeVar("T")
 
 # Errors that say something about the request, not about the provider's health.
-_CALLER_ERRORS = (UpstreamRejected, UpstreamNotFound, UpstreamForbidden, OperationUnsupported, InvalidCursor)
+_CALLER_ERRORS = (
+    UpstreamRejected,
+    UpstreamNotFound,
+    UpstreamForbidden,
+    OperationUnsupported,
+    InvalidCursor,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +75,7 @@ class _Stats:
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
     return sorted_values[index]
 
 

@@ -47,9 +47,7 @@ def _inline(table: dict[str, Any]) -> str:
 
 
 def sandbox_credentials(provider: ProviderName, account: str) -> dict[str, str]:
-    creds: dict[str, str] = load_sandbox_module(provider).demo_credentials(
-        account, SANDBOX_OPTIONS
-    )
+    creds: dict[str, str] = load_sandbox_module(provider).demo_credentials(account, SANDBOX_OPTIONS)
     return creds
 
 

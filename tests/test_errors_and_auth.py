@@ -77,7 +77,11 @@ def test_a_provider_without_credentials_contributes_nothing(gw: Deployment) -> N
     assert body["errors"][0]["extensions"] == {"code": "FORBIDDEN", "provider": "LOKE"}
     providers = gw.data("{ providers { provider configured } }", tenant="partial")["providers"]
     assert {p["provider"]: p["configured"] for p in providers} == {
-        "CAPYDB": True, "LOKE": False, "BUNDLE": False, "PLANETSCALE": True, "UPSUN": False,
+        "CAPYDB": True,
+        "LOKE": False,
+        "BUNDLE": False,
+        "PLANETSCALE": True,
+        "UPSUN": False,
     }
 
 
@@ -101,8 +105,10 @@ def test_wrong_upstream_credentials_are_upstream_unauthorized_per_provider(
     ("fault", "code"),
     [
         ({"status": 503}, "UPSTREAM_UNAVAILABLE"),
-        ({"status": 502, "body": "<html>bad gateway</html>", "content_type": "text/html"},
-         "UPSTREAM_UNAVAILABLE"),
+        (
+            {"status": 502, "body": "<html>bad gateway</html>", "content_type": "text/html"},
+            "UPSTREAM_UNAVAILABLE",
+        ),
         ({"status": 429}, "UPSTREAM_RATE_LIMITED"),
         ({"body": "this is not json", "content_type": "text/plain"}, "BAD_UPSTREAM_RESPONSE"),
         ({"body": '{"unexpected": true}'}, "BAD_UPSTREAM_RESPONSE"),
@@ -207,14 +213,17 @@ def test_unreachable_provider_is_unavailable(
     [
         ("{ organizations(first: 5 { nodes { id } } }", "BAD_USER_INPUT"),  # syntax
         ("{ nope }", "BAD_USER_INPUT"),  # unknown field
-        ("{ organization(provider: NOPE, id: \"1\") { id } }", "BAD_USER_INPUT"),
+        ('{ organization(provider: NOPE, id: "1") { id } }', "BAD_USER_INPUT"),
         (
             "{ organizations { nodes { subscriptions { nodes { organization { subscriptions "
-            "{ nodes { organization { subscriptions { nodes { organization { name } } } } } } } } } } } }",
+            "{ nodes { organization { subscriptions { nodes { organization { name } } } } } } } }"
+            " } } } }",
             "QUERY_TOO_COMPLEX",
         ),
-        ("{ " + " ".join(f"a{i}: providers {{ provider }}" for i in range(600)) + " }",
-         "QUERY_TOO_COMPLEX"),
+        (
+            "{ " + " ".join(f"a{i}: providers {{ provider }}" for i in range(600)) + " }",
+            "QUERY_TOO_COMPLEX",
+        ),
     ],
 )
 def test_bad_queries_get_clear_errors(gw: Deployment, query: str, code: str) -> None:
@@ -251,7 +260,9 @@ def test_malformed_requests_are_rejected_with_a_code(
 
 def test_get_queries_work_and_mutations_over_get_are_refused(gw: Deployment) -> None:
     auth = {"Authorization": f"Bearer {KEYS['acme']}"}
-    ok = httpx.get(gw.url + "/graphql", params={"query": "{ providers { provider } }"}, headers=auth)
+    ok = httpx.get(
+        gw.url + "/graphql", params={"query": "{ providers { provider } }"}, headers=auth
+    )
     assert ok.status_code == 200 and len(ok.json()["data"]["providers"]) == 5
     mutation = 'mutation { updateOrganization(id: "x", input: {name: "y"}) { id } }'
     refused = httpx.get(gw.url + "/graphql", params={"query": mutation}, headers=auth)
@@ -279,7 +290,8 @@ def test_no_credential_ever_appears_in_a_response_or_a_log_line(
         creds = sandbox_credentials(provider, "acme")
         echo = " ".join(creds.values())
         gw.sandboxes[provider].fault(
-            status=400, body=f'{{"error": "{echo}", "message": "{echo}"}}',
+            status=400,
+            body=f'{{"error": "{echo}", "message": "{echo}"}}',
             path_prefix=_org_list_path(provider),
         )
     texts.append(gw.query(LIST).text)

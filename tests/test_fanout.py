@@ -48,7 +48,9 @@ class BarrierGate:
 
 
 @pytest.fixture(scope="module")
-def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, threading.Barrier]]:
+def gated(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Deployment, threading.Barrier]]:
     barrier = threading.Barrier(len(ProviderName))
     contexts = []
     served: dict[ProviderName, ServedApp] = {}

@@ -1,4 +1,4 @@
-"""The merged ``organizations`` connection, ``organization``, ``node`` and normalisation, end to end.
+"""The merged ``organizations`` connection, ``organization``, ``node`` and normalisation.
 
 Expected values come from the sandboxes through the adapters' own listing calls or from each
 object's ``raw`` (the upstream JSON), never from the gateway's merge logic.
@@ -111,15 +111,6 @@ def test_first_out_of_range_is_bad_input(gw: Deployment) -> None:
     for first in (-1, 101):
         body = gw.query(f"{{ organizations(first: {first}) {{ edges {{ cursor }} }} }}").json()
         assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
-
-
-def _org(gw: Deployment, provider: str, provider_id: str, fields: str = ORG_FIELDS) -> dict:
-    data = gw.data(
-        f"query($p: Provider!, $id: String!) {{ organization(provider: $p, id: $id) {{ {fields} }} }}",
-        {"p": provider, "id": provider_id},
-    )
-    assert data["organization"] is not None
-    return dict(data["organization"])
 
 
 def _all_orgs(gw: Deployment, provider: str) -> list[dict]:
@@ -337,7 +328,9 @@ def test_bad_node_ids_are_bad_input(gw: Deployment) -> None:
 
 
 def test_unknown_organization_is_null_with_not_found(gw: Deployment) -> None:
-    body = gw.query('{ organization(provider: LOKE, id: "01HZZZZZZZZZZZZZZZZZZZZZZZ") { id } }').json()
+    body = gw.query(
+        '{ organization(provider: LOKE, id: "01HZZZZZZZZZZZZZZZZZZZZZZZ") { id } }'
+    ).json()
     assert body["data"] == {"organization": None}
     assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     assert body["errors"][0]["extensions"]["provider"] == "LOKE"

@@ -61,7 +61,11 @@ def _with(path: str, value: object) -> dict:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("tenants.acme.credentials.capydb", {"api_key": "env:NOT_SET_ANYWHERE"}, "NOT_SET_ANYWHERE"),
+        (
+            "tenants.acme.credentials.capydb",
+            {"api_key": "env:NOT_SET_ANYWHERE"},
+            "NOT_SET_ANYWHERE",
+        ),
         ("tenants.acme.credentials.upsun", {"token": "secret-value"}, "upsun credentials need"),
         ("tenants.acme.credentials.nope", {"x": "y"}, "unknown provider 'nope'"),
         ("tenants.acme.api_keys", ["plain-text-key"], "api_keys[0]"),

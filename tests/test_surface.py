@@ -34,8 +34,11 @@ def test_schema_file_matches_the_code() -> None:
         "schema.graphql is stale: run `make schema` and review the diff"
     )
     for contract in (
-        "enum Provider {", "interface Node {", "type Organization implements Node {",
-        "type Subscription implements Node {", "enum UsageUnit {",
+        "enum Provider {",
+        "interface Node {",
+        "type Organization implements Node {",
+        "type Subscription implements Node {",
+        "enum UsageUnit {",
         "organizations(providers: [Provider!], first: Int = 20, after: String): "
         "OrganizationConnection!",
         "updateOrganization(id: ID!, input: UpdateOrganizationInput!): Organization!",
@@ -99,7 +102,10 @@ def test_orggraph_serve_without_config_is_the_demo(
     env = {k: v for k, v in os.environ.items() if k != "ORGGRAPH_CONFIG"}
     proc = subprocess.Popen(
         [ORGGRAPH, "serve", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     process.append(proc)
     url = f"http://127.0.0.1:{port}"
@@ -124,7 +130,9 @@ def test_orggraph_sandbox_prints_base_urls_that_answer(
 ) -> None:
     proc = subprocess.Popen(
         [ORGGRAPH, "sandbox", "--port-base", "0", "--orgs", "3"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     process.append(proc)
     assert proc.stdout is not None
