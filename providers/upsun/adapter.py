@@ -151,8 +151,10 @@ def _subscription(item: Any, organization_id: str) -> SubscriptionRecord:
 def _items(body: Any, what: str) -> Sequence[Any]:
     if not isinstance(body, Mapping):
         raise BadUpstreamResponse(_PROVIDER, f"upsun {what} response is not a JSON object")
-    items = body.get("items")
-    if items is None:
+    if "items" not in body:
+        raise BadUpstreamResponse(_PROVIDER, f"upsun {what} response has no 'items'")
+    items = body["items"]
+    if items is None:  # tolerated: an empty list sent as null
         return ()
     if not isinstance(items, list):
         raise BadUpstreamResponse(_PROVIDER, f"upsun {what} response has no 'items' list")

@@ -42,11 +42,12 @@ profile ``i % 8``):
 
 * status ``_ORG_STATUS``: 0 active, 1 active, 2 restricted, 3 active, 4 suspended, 5 deleted,
   6 active, 7 active;
-* subscriptions ``_SUB_COUNTS``: 3, 0, 2, 6, 1, 4, 0, 5 (profiles 1 and 6 have none); the j-th
-  subscription of org i has status ``SUBSCRIPTION_STATUSES[(i + j) % 6]``, so org 3 carries all six;
+* subscriptions ``_SUB_COUNTS``: 6, 0, 2, 6, 1, 4, 0, 5 (profiles 1 and 6 have none; with two
+  accounts each gets a six-subscription org and an empty one); the j-th subscription of org i has
+  status ``SUBSCRIPTION_STATUSES[(i + j) % 6]``, so orgs 0 and 3 carry all six;
 * optional org fields country, billing_account_id and security_contact are absent when
   ``i % 3 == 1``; subscriptions that are still ``requested`` or failed provisioning have a null
-  project_id/project_ui/project_endpoint and no user_licenses; every third has no owner_info;
+  project_id/project_ui/project_endpoint and 0 user_licenses; every third has no owner_info;
   every fourth has ``services: null``. Storage is in MiB, a multiple of 1024.
 """
 
@@ -131,7 +132,7 @@ _ORG_STATUS = (
     "active",
     "active",
 )
-_SUB_COUNTS = (3, 0, 2, 6, 1, 4, 0, 5)
+_SUB_COUNTS = (6, 0, 2, 6, 1, 4, 0, 5)
 
 _PLANS = ("upsun/flexible", "upsun/development", "upsun/standard", "upsun/large")
 _REGIONS = (
@@ -305,8 +306,8 @@ def _subscription(rng: Any, i: int, j: int, org_created: datetime, owner: str) -
         "services": None if j % 4 == 3 else [],
         "green": region.startswith(("eu-", "ca-")),
     }
-    if provisioned:
-        sub["user_licenses"] = rng.randint(1, 15)
+    # No project yet, so no chargeable users.
+    sub["user_licenses"] = rng.randint(1, 15) if provisioned else 0
     if j % 3 != 2:
         sub["owner_info"] = {
             "type": "user",
@@ -491,7 +492,9 @@ class _State:
 
 
 def _org_body(request: Request, org: _Org) -> dict[str, Any]:
-    base = str(request.base_url).rstrip("/") + "/organizations/" + org.data["id"]
+    # ``root_path`` is the mount prefix (``request.base_url`` would drop it under a Mount).
+    root = request.scope.get("root_path", "").rstrip("/")
+    base = str(request.url.replace(path=f"{root}/organizations/{org.data['id']}", query=""))
     links = {
         "self": {"href": base},
         "update": {"href": base, "method": "PATCH"},
