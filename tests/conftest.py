@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.app import create_app
@@ -21,7 +20,7 @@ from gateway.settings import Settings, load_settings
 from gateway.tenancy import hash_api_key
 from providers.base import ProviderName, load_sandbox_module
 from providers.sandbox_kit import SandboxOptions
-from tests.support import ServedApp, serve_app
+from tests.support import ServedApp, http, serve_app
 
 # Pages of at most 3 force the gateway to walk several upstream pages per provider.
 SANDBOX_OPTIONS = SandboxOptions(orgs=14, max_page_size=3, rate_limits=False)
@@ -115,11 +114,10 @@ class Deployment:
         all_headers = dict(headers or {})
         if tenant is not None:
             all_headers["Authorization"] = f"Bearer {KEYS[tenant]}"
-        return httpx.post(
+        return http.post(
             self.url + "/graphql",
             json={"query": query, "variables": variables or {}},
             headers=all_headers,
-            timeout=30,
         )
 
     def data(self, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> Any:
