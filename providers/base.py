@@ -606,7 +606,9 @@ class UpstreamHttp:
                 ),
             )
             return result
-        return await self._send(method, url, credentials, headers, params, json, data, auth, expect_json)
+        return await self._send(
+            method, url, credentials, headers, params, json, data, auth, expect_json
+        )
 
     async def _send(
         self,
@@ -663,7 +665,8 @@ class UpstreamHttp:
 
         if expect_json and not parsed:
             raise BadUpstreamResponse(
-                self.provider, f"{name} answered HTTP {status} with a body that is not JSON",
+                self.provider,
+                f"{name} answered HTTP {status} with a body that is not JSON",
                 status=status,
             )
         return UpstreamResponse(
