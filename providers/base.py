@@ -70,9 +70,12 @@ __all__ = [
     "opt_datetime",
     "opt_float",
     "opt_str",
+    "parse_token_response",
     "req_str",
     "same_origin_url",
     "stripe_subscription_status",
+    "token_exchange_error",
+    "token_refresh_margin",
 ]
 
 
@@ -610,6 +613,42 @@ class UpstreamHttp:
             method, url, credentials, headers, params, json, data, auth, expect_json
         )
 
+    async def get_with_bearer(
+        self,
+        url: str,
+        *,
+        credentials: ProviderCredentials,
+        bearer: Callable[[], Awaitable[str]],
+        invalidate: Callable[[str], None] | None,
+        params: Mapping[str, str | int] | None = None,
+    ) -> UpstreamResponse:
+        """GET with ``Authorization: Bearer <token>``; on a 401, ``invalidate`` the token, take
+        a fresh one and retry once. ``invalidate=None`` (a token the tenant supplied, which
+        cannot be refreshed) makes the first 401 final."""
+        for attempt in (0, 1):
+            token = await bearer()
+            try:
+                return await self.request(
+                    "GET",
+                    url,
+                    # The bearer joins the secrets redacted from error messages.
+                    credentials=ProviderCredentials({**credentials.values, "bearer": token}),
+                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                    params=params,
+                    memo_key=(
+                        self.provider,
+                        credentials.fingerprint,
+                        "GET",
+                        url,
+                        tuple(sorted((params or {}).items())),
+                    ),
+                )
+            except UpstreamUnauthorized:
+                if attempt or invalidate is None:
+                    raise
+                invalidate(token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _send(
         self,
         method: str,
@@ -683,6 +722,73 @@ class UpstreamHttp:
 class AccessToken:
     value: str
     expires_at: float  # loop.time() seconds
+
+
+def token_refresh_margin(lifetime: float) -> float:
+    """How long before expiry to stop using a token: 30 s, but at most a tenth of its life, so
+    very short-lived tokens are still reused."""
+    return min(30.0, max(0.0, lifetime) * 0.1)
+
+
+def parse_token_response(
+    body: Any, provider: ProviderName, *, started: float, default_lifetime: float
+) -> AccessToken:
+    """An OAuth2 token response (``access_token``, ``token_type``, ``expires_in``; RFC 6749
+    5.1) as an ``AccessToken`` that expires a margin early. ``started`` is the loop time taken
+    before the request, so network time only makes us refresh earlier."""
+    name = provider.key
+    if not isinstance(body, Mapping):
+        raise BadUpstreamResponse(provider, f"{name} token response is not a JSON object")
+    value = body.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise BadUpstreamResponse(provider, f"{name} token response has no access_token")
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        # It goes into a header verbatim; refuse it here rather than fail in the transport.
+        raise BadUpstreamResponse(provider, f"{name} token response has a malformed access_token")
+    token_type = body.get("token_type")
+    if token_type is not None and (
+        not isinstance(token_type, str) or token_type.lower() != "bearer"
+    ):
+        raise BadUpstreamResponse(provider, f"{name} token response is not a bearer token")
+    expires_in = body.get("expires_in")
+    lifetime: float
+    if expires_in is None:
+        lifetime = default_lifetime  # optional in RFC 6749
+    elif isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
+        lifetime = float(expires_in)
+    elif isinstance(expires_in, str) and expires_in.strip().isdigit():
+        lifetime = float(expires_in.strip())
+    else:
+        raise BadUpstreamResponse(provider, f"{name} token response has an invalid expires_in")
+    if lifetime <= 0:
+        lifetime = default_lifetime
+    return AccessToken(value=value, expires_at=started + lifetime - token_refresh_margin(lifetime))
+
+
+def token_exchange_error(provider: ProviderName, exc: UpstreamError) -> UpstreamError:
+    """A failure at a token endpoint, re-cast for what it means to the tenant.
+
+    400 (invalid_client/invalid_grant), 401 and 403 there mean the tenant's credentials do not
+    work, never that the GraphQL input was wrong; a 404 means ``token_url`` is misconfigured."""
+    name = provider.key
+    if isinstance(exc, (UpstreamUnauthorized, UpstreamForbidden, UpstreamRejected)):
+        return UpstreamUnauthorized(
+            provider,
+            f"{name} token exchange rejected the credentials ({exc.message})",
+            status=exc.status,
+        )
+    if isinstance(exc, UpstreamNotFound):
+        return BadUpstreamResponse(
+            provider,
+            f"{name} token endpoint not found (HTTP 404); check token_url",
+            status=exc.status,
+        )
+    return type(exc)(
+        provider,
+        f"{name} token exchange failed ({exc.message})",
+        status=exc.status,
+        retry_after=exc.retry_after,
+    )
 
 
 class AccessTokenCache:

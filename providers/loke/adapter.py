@@ -21,8 +21,7 @@ token, retry). A pre-issued ``access_token`` is used as is, so a 401 is final.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin
 
@@ -41,17 +40,17 @@ from providers.base import (
     ProviderSettings,
     SubscriptionRecord,
     UpstreamError,
-    UpstreamForbidden,
     UpstreamHttp,
     UpstreamNotFound,
-    UpstreamRejected,
     UpstreamResponse,
     UpstreamUnauthorized,
     UsageRecord,
     opt_datetime,
     opt_str,
+    parse_token_response,
     req_str,
     same_origin_url,
+    token_exchange_error,
 )
 
 __all__ = ["ADAPTER", "DEFAULT_TOKEN_LIFETIME_SECONDS", "TOKEN_PATH", "LokeAdapter"]
@@ -76,12 +75,6 @@ def _error_detail(body: Any) -> str | None:
         if isinstance(value, str) and value.strip():
             return value
     return None
-
-
-def _refresh_margin(lifetime: float) -> float:
-    """How long before expiry to stop using a token: 30 s, but at most a tenth of its life, so
-    very short-lived tokens are still reused."""
-    return min(30.0, max(0.0, lifetime) * 0.1)
 
 
 def _organization(obj: Any) -> OrganizationRecord:
@@ -144,55 +137,26 @@ class LokeAdapter:
                     "client_secret": client_secret,
                 },
             )
-        except (UpstreamUnauthorized, UpstreamForbidden, UpstreamRejected) as exc:
-            # 400 invalid_client/invalid_grant/unauthorized_client and 401 all mean the
-            # tenant's client credentials do not work, not that the GraphQL input was wrong.
-            raise UpstreamUnauthorized(
-                _PROVIDER,
-                f"loke token exchange rejected the client credentials ({exc.message})",
-                status=exc.status,
-            ) from None
-        except UpstreamNotFound as exc:
-            raise BadUpstreamResponse(
-                _PROVIDER,
-                "loke token endpoint not found (HTTP 404); check the token_url setting",
-                status=exc.status,
-            ) from None
         except UpstreamError as exc:
-            raise type(exc)(
-                _PROVIDER,
-                f"loke token exchange failed ({exc.message})",
-                status=exc.status,
-                retry_after=exc.retry_after,
-            ) from None
-        return _access_token(response.body, started)
+            raise token_exchange_error(_PROVIDER, exc) from None
+        return parse_token_response(
+            response.body,
+            _PROVIDER,
+            started=started,
+            default_lifetime=DEFAULT_TOKEN_LIFETIME_SECONDS,
+        )
 
     async def _get(self, credentials: ProviderCredentials, url: str) -> UpstreamResponse:
-        """GET with a bearer token; on 401 refresh the token once and retry."""
-        token = await self._bearer(credentials)
-        try:
-            return await self._get_with(credentials, url, token)
-        except UpstreamUnauthorized:
-            if credentials.get("access_token"):
-                raise
-            self._tokens.invalidate(credentials.fingerprint, token)
-            token = await self._bearer(credentials)
-            return await self._get_with(credentials, url, token)
-
-    async def _get_with(
-        self, credentials: ProviderCredentials, url: str, token: str
-    ) -> UpstreamResponse:
-        # The memo key names the token (hashed): a retry after refresh must not be answered
-        # with the memoised 401 of the first attempt.
-        token_hash = hashlib.sha256(token.encode()).hexdigest()[:16]
-        memo_key: Hashable = (_PROVIDER, credentials.fingerprint, "GET", url, token_hash)
-        return await self._http.request(
-            "GET",
+        """GET with a bearer token; on 401 refresh the token once and retry (client
+        credentials only: a tenant-supplied access_token cannot be refreshed)."""
+        static = credentials.get("access_token") is not None
+        return await self._http.get_with_bearer(
             url,
-            # The bearer joins the secrets redacted from any error message.
-            credentials=ProviderCredentials({**credentials.values, "bearer": token}),
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            memo_key=memo_key,
+            credentials=credentials,
+            bearer=lambda: self._bearer(credentials),
+            invalidate=None
+            if static
+            else lambda token: self._tokens.invalidate(credentials.fingerprint, token),
         )
 
     # ---------------------------------------------------------------------------- reads
@@ -262,34 +226,6 @@ class LokeAdapter:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def _access_token(body: Any, started: float) -> AccessToken:
-    if not isinstance(body, Mapping):
-        raise BadUpstreamResponse(_PROVIDER, "loke token response is not a JSON object")
-    value = body.get("access_token")
-    if not isinstance(value, str) or not value:
-        raise BadUpstreamResponse(_PROVIDER, "loke token response has no access_token")
-    if not (value.isascii() and value.isprintable()) or " " in value:
-        # It goes into a header verbatim; refuse it here rather than fail in the transport.
-        raise BadUpstreamResponse(_PROVIDER, "loke token response has a malformed access_token")
-    token_type = body.get("token_type")
-    if token_type is not None and (
-        not isinstance(token_type, str) or token_type.lower() != "bearer"
-    ):
-        raise BadUpstreamResponse(_PROVIDER, "loke token response is not a bearer token")
-    expires_in = body.get("expires_in")
-    lifetime: float
-    if expires_in is None:
-        lifetime = DEFAULT_TOKEN_LIFETIME_SECONDS
-    elif isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
-        lifetime = float(expires_in)
-    elif isinstance(expires_in, str) and expires_in.strip().isdigit():
-        lifetime = float(expires_in.strip())
-    else:
-        raise BadUpstreamResponse(_PROVIDER, "loke token response has an invalid expires_in")
-    # Measured from before the request, so network time only makes us refresh earlier.
-    return AccessToken(value=value, expires_at=started + lifetime - _refresh_margin(lifetime))
 
 
 ADAPTER = LokeAdapter

@@ -27,7 +27,6 @@ Upstream calls per method:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin
@@ -47,21 +46,20 @@ from providers.base import (
     ProviderSettings,
     SubscriptionRecord,
     SubscriptionStatus,
-    UpstreamForbidden,
+    UpstreamError,
     UpstreamHttp,
     UpstreamNotFound,
-    UpstreamRejected,
     UpstreamResponse,
-    UpstreamUnauthorized,
-    UpstreamUnavailable,
     UsageMetricRecord,
     UsageRecord,
     UsageUnit,
     opt_datetime,
     opt_float,
     opt_str,
+    parse_token_response,
     req_str,
     same_origin_url,
+    token_exchange_error,
 )
 
 __all__ = ["ADAPTER", "CLIENT_ID", "DEFAULT_TOKEN_URL", "PAGE_SIZE", "UpsunAdapter"]
@@ -182,6 +180,7 @@ class UpsunAdapter:
     # ---------------------------------------------------------------------------- auth
 
     async def _fetch_token(self, credentials: ProviderCredentials) -> AccessToken:
+        started = asyncio.get_running_loop().time()
         try:
             response = await self._http.request(
                 "POST",
@@ -191,33 +190,11 @@ class UpsunAdapter:
                 data={"grant_type": "api_token", "api_token": credentials["api_token"]},
                 auth=(CLIENT_ID, ""),
             )
-        except (UpstreamRejected, UpstreamUnauthorized, UpstreamForbidden) as exc:
-            raise UpstreamUnauthorized(
-                _PROVIDER,
-                f"upsun refused the API token exchange ({exc.message})",
-                status=exc.status,
-            ) from None
-        except UpstreamNotFound as exc:
-            raise UpstreamUnavailable(
-                _PROVIDER,
-                "upsun token endpoint not found (HTTP 404); check token_url",
-                status=exc.status,
-            ) from None
-        body = response.body
-        if not isinstance(body, Mapping):
-            raise BadUpstreamResponse(_PROVIDER, "upsun token response is not a JSON object")
-        access_token = body.get("access_token")
-        if not isinstance(access_token, str) or not access_token:
-            raise BadUpstreamResponse(_PROVIDER, "upsun token response has no access_token")
-        token_type = body.get("token_type")
-        if token_type is not None and str(token_type).lower() != "bearer":
-            raise BadUpstreamResponse(_PROVIDER, "upsun token response is not a bearer token")
-        expires_in = opt_float(body, "expires_in", _PROVIDER)
-        if expires_in is None or expires_in <= 0:
-            expires_in = _DEFAULT_EXPIRES_IN
-        # Refresh a little early (10 %, at most 30 s) so a token never expires in flight.
-        lifetime = expires_in - min(30.0, expires_in * 0.1)
-        return AccessToken(access_token, asyncio.get_running_loop().time() + lifetime)
+        except UpstreamError as exc:
+            raise token_exchange_error(_PROVIDER, exc) from None
+        return parse_token_response(
+            response.body, _PROVIDER, started=started, default_lifetime=_DEFAULT_EXPIRES_IN
+        )
 
     async def _get(
         self,
@@ -227,33 +204,13 @@ class UpsunAdapter:
     ) -> UpstreamResponse:
         """An authenticated GET: on 401, one fresh token and one retry."""
         key = credentials.fingerprint
-        for attempt in range(2):
-            token = await self._tokens.get(key, lambda: self._fetch_token(credentials))
-            # The access token joins the secrets so an error body echoing it is redacted too.
-            with_token = ProviderCredentials({**credentials.values, "access_token": token})
-            memo_key = (
-                _PROVIDER,
-                key,
-                "GET",
-                url,
-                tuple(sorted((params or {}).items())),
-                # A rejected token's memoised 401 must not answer the retry with the new one.
-                hashlib.sha256(token.encode()).hexdigest()[:16],
-            )
-            try:
-                return await self._http.request(
-                    "GET",
-                    url,
-                    credentials=with_token,
-                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                    params=params,
-                    memo_key=memo_key,
-                )
-            except UpstreamUnauthorized:
-                if attempt:
-                    raise
-                self._tokens.invalidate(key, token)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._http.get_with_bearer(
+            url,
+            credentials=credentials,
+            bearer=lambda: self._tokens.get(key, lambda: self._fetch_token(credentials)),
+            invalidate=lambda token: self._tokens.invalidate(key, token),
+            params=params,
+        )
 
     # ---------------------------------------------------------------------------- links
 
