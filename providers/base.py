@@ -22,7 +22,7 @@ import hashlib
 import importlib
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -36,6 +36,7 @@ __all__ = [
     "AccessToken",
     "AccessTokenCache",
     "BadUpstreamResponse",
+    "CallKey",
     "CallMemo",
     "CredentialsError",
     "InvalidCursor",
@@ -452,26 +453,55 @@ def same_origin_url(base_url: str, url: str, provider: ProviderName) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class CallKey:
+    """One upstream read, identified without secrets: provider, the credentials' fingerprint,
+    and the request itself. Equal keys mean the same answer may be shared."""
+
+    provider: ProviderName
+    credentials: str
+    method: str
+    url: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def digest(self) -> str:
+        """A stable, compact form of the request part, for cache keys."""
+        h = hashlib.sha256()
+        for part in (self.method, self.url, *(f"{k}={v}" for k, v in self.params)):
+            h.update(part.encode())
+            h.update(b"\0")
+        return h.hexdigest()[:40]
+
+
 class CallMemo:
     """Shares the result of identical upstream reads made while answering one GraphQL request.
 
-    The gateway installs one per request (``call_memo.set(CallMemo())``); adapters never see it
-    directly, ``UpstreamHttp`` consults it for every GET. Unbounded on purpose: it lives for one
-    request and holds at most that request's distinct upstream calls."""
+    The gateway installs one per request (``call_memo.set(...)``); adapters never see it
+    directly, ``UpstreamHttp`` routes every GET through ``run``. ``load`` is where a subclass
+    adds caching, coalescing across requests or stale-if-error. Unbounded on purpose: it lives
+    for one request and holds at most that request's distinct upstream calls."""
 
     __slots__ = ("_futures",)
 
     def __init__(self) -> None:
-        self._futures: dict[Hashable, asyncio.Future[Any]] = {}
+        self._futures: dict[CallKey, asyncio.Future[UpstreamResponse]] = {}
 
-    async def run(self, key: Hashable, fetch: Callable[[], Awaitable[Any]]) -> Any:
+    async def load(
+        self, key: CallKey, fetch: Callable[[], Awaitable[UpstreamResponse]]
+    ) -> UpstreamResponse:
+        """Produce the response for a call not yet made in this request."""
+        return await fetch()
+
+    async def run(
+        self, key: CallKey, fetch: Callable[[], Awaitable[UpstreamResponse]]
+    ) -> UpstreamResponse:
         existing = self._futures.get(key)
         if existing is not None:
             return await asyncio.shield(existing)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
         self._futures[key] = future
         try:
-            result = await fetch()
+            result = await self.load(key, fetch)
         except BaseException as exc:
             # Callers already waiting share the failure; a later call (a retry after a token
             # refresh, say) goes upstream again instead of replaying it.
@@ -584,34 +614,33 @@ class UpstreamHttp:
         *,
         credentials: ProviderCredentials,
         headers: Mapping[str, str],
-        params: Mapping[str, str | int] | Sequence[tuple[str, str | int]] | None = None,
+        params: Mapping[str, str | int] | None = None,
         json: Any = None,
         data: Mapping[str, str] | None = None,
         auth: tuple[str, str] | None = None,
         expect_json: bool = True,
-        memo_key: Hashable | None = None,
+        identity: str | None = None,
     ) -> UpstreamResponse:
-        """Send one request. GETs are shared through the request's ``CallMemo`` under
-        ``memo_key`` (default: method + URL + params + credential fingerprint)."""
+        """Send one request. GETs go through the request's ``CallMemo`` (shared, and cached
+        where the gateway caches) under a ``CallKey`` naming ``identity`` (default: the
+        credentials' fingerprint; pass the tenant's own when ``credentials`` carry a token)."""
+
+        def send() -> Awaitable[UpstreamResponse]:
+            return self._send(
+                method, url, credentials, headers, params, json, data, auth, expect_json
+            )
+
         memo = call_memo.get()
-        if memo is not None and method == "GET":
-            key = memo_key or (
-                self.provider,
-                credentials.fingerprint,
-                method,
-                url,
-                tuple(sorted((params.items() if isinstance(params, Mapping) else params) or ())),
-            )
-            result: UpstreamResponse = await memo.run(
-                key,
-                lambda: self._send(
-                    method, url, credentials, headers, params, json, data, auth, expect_json
-                ),
-            )
-            return result
-        return await self._send(
-            method, url, credentials, headers, params, json, data, auth, expect_json
+        if memo is None or method != "GET":
+            return await send()
+        key = CallKey(
+            provider=self.provider,
+            credentials=identity or credentials.fingerprint,
+            method=method,
+            url=url,
+            params=tuple(sorted((k, str(v)) for k, v in (params or {}).items())),
         )
+        return await memo.run(key, send)
 
     async def get_with_bearer(
         self,
@@ -635,13 +664,7 @@ class UpstreamHttp:
                     credentials=ProviderCredentials({**credentials.values, "bearer": token}),
                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                     params=params,
-                    memo_key=(
-                        self.provider,
-                        credentials.fingerprint,
-                        "GET",
-                        url,
-                        tuple(sorted((params or {}).items())),
-                    ),
+                    identity=credentials.fingerprint,
                 )
             except UpstreamUnauthorized:
                 if attempt or invalidate is None:
