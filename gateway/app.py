@@ -9,33 +9,31 @@ them. The transport rules follow GraphQL-over-HTTP: JSON bodies, queries (not mu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-import strawberry
-from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
+from graphql import GraphQLError, OperationType
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from strawberry.exceptions import MissingQueryError
-from strawberry.extensions import AddValidationRules, MaxTokensLimiter
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-from strawberry.types.graphql import OperationType
 
+from gateway.cache import CacheLayer, build_cache, request_key
 from gateway.demo import DemoOptions, running_demo
 from gateway.errors import ErrorCode, GatewayError, format_error
-from gateway.limits import max_depth_rule
+from gateway.execution import Executor
 from gateway.schema import RequestContext, build_schema
 from gateway.settings import Settings
 from gateway.tenancy import TenantDirectory
 from gateway.upstreams import Upstreams
-from providers.base import CallMemo, call_memo
+from providers.base import call_memo
 
 __all__ = ["Runtime", "create_app"]
 
@@ -43,34 +41,34 @@ logger = logging.getLogger("orggraph.app")
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000  # far above any sane query; stops memory abuse before parsing
-_QUERY_ONLY = (OperationType.QUERY,)
-_ALL_OPERATIONS = (OperationType.QUERY, OperationType.MUTATION)
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+# Whether a cacheable query was answered from the whole-response cache (for operators).
+_CACHE_HIT = {"X-OrgGraph-Cache": "hit"}
+_CACHE_MISS = {"X-OrgGraph-Cache": "miss"}
 
 
 @dataclass(slots=True)
 class Runtime:
     settings: Settings
-    schema: strawberry.Schema
+    executor: Executor
     upstreams: Upstreams
     tenants: TenantDirectory
+    cache: CacheLayer
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    rules: list[Any] = [max_depth_rule(settings.server.max_depth)]
-    if not settings.server.introspection:
-        rules.append(NoSchemaIntrospectionCustomRule)
-    max_tokens = settings.server.max_tokens
-    schema = build_schema(
-        extensions=[
-            lambda: MaxTokensLimiter(max_token_count=max_tokens),
-            lambda: AddValidationRules(rules),
-        ]
-    )
+    server = settings.server
     return Runtime(
         settings=settings,
-        schema=schema,
+        executor=Executor(
+            build_schema()._schema,
+            max_depth=server.max_depth,
+            max_tokens=server.max_tokens,
+            introspection=server.introspection,
+        ),
         upstreams=Upstreams(settings.providers),
         tenants=TenantDirectory(settings.tenants),
+        cache=build_cache(settings.cache, settings.provider_ttls),
     )
 
 
@@ -133,11 +131,31 @@ async def _read_params(request: Request) -> dict[str, Any] | Response:
     return parsed
 
 
+def _persisted_query_hash(extensions: Any) -> str | Response | None:
+    """The APQ hash from ``extensions.persistedQuery`` (Apollo's protocol, version 1)."""
+    if not isinstance(extensions, dict) or "persistedQuery" not in extensions:
+        return None
+    persisted = extensions["persistedQuery"]
+    if (
+        not isinstance(persisted, dict)
+        or persisted.get("version") != 1
+        or not isinstance(persisted.get("sha256Hash"), str)
+        or not _SHA256.match(persisted["sha256Hash"])
+    ):
+        return _request_error(
+            ErrorCode.BAD_USER_INPUT,
+            "extensions.persistedQuery needs version 1 and a sha256Hash of 64 hex digits",
+            400,
+        )
+    return str(persisted["sha256Hash"]).lower()
+
+
 async def graphql_endpoint(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     if (
         request.method == "GET"
         and "query" not in request.query_params
+        and "extensions" not in request.query_params
         and "text/html" in request.headers.get("accept", "")
     ):
         if runtime.settings.server.graphiql:
@@ -155,27 +173,69 @@ async def graphql_endpoint(request: Request) -> Response:
     query = params.get("query")
     variables = params.get("variables")
     operation_name = params.get("operationName")
-    if not isinstance(query, str) or not query.strip():
-        return _request_error(ErrorCode.BAD_USER_INPUT, "No GraphQL query was sent", 400)
+    if query is not None and not isinstance(query, str):
+        return _request_error(ErrorCode.BAD_USER_INPUT, "'query' must be a string", 400)
     if variables is not None and not isinstance(variables, dict):
         return _request_error(ErrorCode.BAD_USER_INPUT, "'variables' must be an object", 400)
     if operation_name is not None and not isinstance(operation_name, str):
         return _request_error(ErrorCode.BAD_USER_INPUT, "'operationName' must be a string", 400)
 
-    context = RequestContext(tenant=tenant, upstreams=runtime.upstreams)
-    token = call_memo.set(CallMemo())
-    try:
-        result = await runtime.schema.execute(
-            query,
-            variable_values=variables,
-            context_value=context,
-            operation_name=operation_name,
-            allowed_operation_types=_QUERY_ONLY if request.method == "GET" else _ALL_OPERATIONS,
+    cache = runtime.cache
+    persisted = _persisted_query_hash(params.get("extensions"))
+    if isinstance(persisted, Response):
+        return persisted
+    if persisted is not None:
+        if query:
+            if hashlib.sha256(query.encode()).hexdigest() != persisted:
+                return _request_error(
+                    ErrorCode.BAD_USER_INPUT, "provided sha does not match query", 400
+                )
+            await cache.persist_query(persisted, query)
+        else:
+            query = await cache.persisted_query(persisted)
+            if query is None:
+                # Apollo clients look for this message and code, then resend with the query.
+                return _json(
+                    {
+                        "errors": [
+                            {
+                                "message": "PersistedQueryNotFound",
+                                "extensions": {"code": "PERSISTED_QUERY_NOT_FOUND"},
+                            }
+                        ]
+                    }
+                )
+    if not query or not query.strip():
+        return _request_error(ErrorCode.BAD_USER_INPUT, "No GraphQL query was sent", 400)
+
+    executor = runtime.executor
+    prepared = executor.prepare(query)
+    operation = prepared.operation_type(operation_name)
+    if prepared.document is not None and not prepared.errors and operation is None:
+        return _request_error(
+            ErrorCode.BAD_USER_INPUT,
+            "operationName does not name one operation of the document"
+            if operation_name
+            else "The document has several operations: send operationName",
+            400,
         )
-    except InvalidOperationTypeError:
+    if operation is not None and operation is not OperationType.QUERY and request.method == "GET":
         return _request_error(ErrorCode.BAD_USER_INPUT, "Mutations must be sent with POST", 405)
-    except (MissingQueryError, CannotGetOperationTypeError) as exc:
-        return _request_error(ErrorCode.BAD_USER_INPUT, str(exc) or "Unknown operation", 400)
+
+    cache_key: str | None = None
+    if cache.response_cache_enabled and operation is OperationType.QUERY:
+        cache_key = request_key(tenant.name, query, operation_name, variables)
+        body = await cache.get_response(cache_key)
+        if body is not None:
+            return Response(body, media_type="application/json", headers=_CACHE_HIT)
+
+    scope = cache.scope(tenant.name)
+    context = RequestContext(tenant=tenant, upstreams=runtime.upstreams, scope=scope)
+    token = call_memo.set(scope)
+    try:
+        result = await executor.execute(
+            prepared, context=context, variables=variables, operation_name=operation_name
+        )
     finally:
         call_memo.reset(token)
 
@@ -187,9 +247,21 @@ async def graphql_endpoint(request: Request) -> Response:
     # failed parsing or validation; only execution errors have a path.
     if result.data is not None or not errors or any(e.path for e in errors):
         payload["data"] = result.data
-    if result.extensions:
-        payload["extensions"] = result.extensions
-    return _json(payload)
+    stale = scope.stale_reads()
+    if stale:
+        payload["extensions"] = {
+            "stale": [
+                {"provider": s.provider.value, "ageSeconds": round(s.age_seconds, 3)} for s in stale
+            ]
+        }
+    encoded = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    if cache_key is None:
+        return Response(encoded, media_type="application/json")
+    if not errors:
+        ttl = scope.response_ttl()
+        if ttl > 0:
+            await cache.set_response(cache_key, encoded, scope.dependencies(), ttl)
+    return Response(encoded, media_type="application/json", headers=_CACHE_MISS)
 
 
 async def healthz(request: Request) -> Response:
@@ -207,6 +279,7 @@ def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = N
                 effective = await stack.enter_async_context(running_demo(demo or DemoOptions()))
             runtime = build_runtime(effective)
             stack.push_async_callback(runtime.upstreams.aclose)
+            stack.push_async_callback(runtime.cache.close)
             app.state.runtime = runtime
             yield
 

@@ -26,8 +26,6 @@ __all__ = [
 
 logger = logging.getLogger("orggraph.errors")
 
-_TOKEN_LIMIT_MARKER = "tokens. Parsing aborted"
-
 
 class ErrorCode(str, Enum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -103,13 +101,7 @@ def format_error(error: GraphQLError) -> dict[str, Any]:
     elif original is None or isinstance(original, GraphQLError):
         # Parse/validation errors and errors we built ourselves.
         extensions = dict(error.extensions or {})
-        # graphql-core's token limit surfaces as a plain syntax error; it is a cost limit.
-        default = (
-            ErrorCode.QUERY_TOO_COMPLEX
-            if _TOKEN_LIMIT_MARKER in error.message
-            else ErrorCode.BAD_USER_INPUT
-        )
-        extensions.setdefault("code", default.value)
+        extensions.setdefault("code", ErrorCode.BAD_USER_INPUT.value)
     else:
         logger.error(
             "unexpected error at %s: %s",

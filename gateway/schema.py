@@ -20,6 +20,7 @@ from graphql import GraphQLError
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from gateway.cache import RequestScope
 from gateway.errors import ErrorCode, GatewayError, upstream_graphql_error
 from gateway.ids import (
     NodeRef,
@@ -47,7 +48,6 @@ from providers.base import (
     UpstreamNotFound,
     UsageRecord,
     UsageUnit,
-    call_memo,
 )
 
 __all__ = ["MAX_PAGE_SIZE", "RequestContext", "build_schema"]
@@ -74,6 +74,7 @@ class RequestContext:
 
     tenant: Tenant
     upstreams: Upstreams
+    scope: RequestScope | None = None
     errors: list[GraphQLError] = field(default_factory=list)
 
     def credentials(self, provider: ProviderName) -> ProviderCredentials:
@@ -543,6 +544,8 @@ class Query:
     @strawberry.field(description="Every provider, whether it is configured, and its health.")
     def providers(self, info: Info) -> list[ProviderStatus]:
         ctx = _context(info)
+        if ctx.scope is not None:
+            ctx.scope.mark_uncacheable()  # live health figures: never from a cached response
         out = []
         for provider in ProviderName:
             health = ctx.upstreams.health(
@@ -591,10 +594,9 @@ class Mutation:
         record = await ctx.upstreams.update_organization(
             ref.provider, creds, ref.organization_id, update
         )
-        # Reads made earlier in this request must not answer reads made after the write.
-        memo = call_memo.get()
-        if memo is not None:
-            memo.clear()
+        # Reads made before the write, in this request or cached, must not answer later reads.
+        if ctx.scope is not None:
+            await ctx.scope.invalidate(ref.provider, creds.fingerprint)
         return Organization.from_record(record)
 
 

@@ -56,7 +56,15 @@ class CacheSettings:
     backend: str = "memory"
     url: str | None = None
     ttl_seconds: float = 30.0
-    stale_seconds: float = 0.0
+    """How long an upstream read is served from cache (per provider: [providers.X] ttl_seconds)."""
+    stale_seconds: float = 300.0
+    """How much longer an expired read is kept to serve when the upstream fails."""
+    max_entries: int = 10_000
+    """Memory backend bound (least recently written evicted first)."""
+    response_cache: bool = True
+    """Reuse whole responses of identical queries, per tenant, within the data's TTL."""
+    redis_timeout_seconds: float = 1.0
+    """A Redis slower than this is skipped (the request goes upstream), never waited on."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +81,8 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     providers: Mapping[ProviderName, ProviderSettings] = field(default_factory=dict)
+    provider_ttls: Mapping[ProviderName, float] = field(default_factory=dict)
+    """Per-provider cache TTLs ([providers.X] ttl_seconds); others use cache.ttl_seconds."""
     tenants: tuple[TenantSettings, ...] = ()
     demo: bool = False
 
@@ -140,7 +150,19 @@ def _server(table: Mapping[str, Any]) -> ServerSettings:
 
 
 def _cache(table: Mapping[str, Any]) -> CacheSettings:
-    _check_keys(table, {"backend", "url", "ttl_seconds", "stale_seconds"}, "cache")
+    _check_keys(
+        table,
+        {
+            "backend",
+            "url",
+            "ttl_seconds",
+            "stale_seconds",
+            "max_entries",
+            "response_cache",
+            "redis_timeout_seconds",
+        },
+        "cache",
+    )
     kwargs: dict[str, Any] = {}
     if "backend" in table:
         kwargs["backend"] = _typed(table, "backend", str, "cache")
@@ -148,21 +170,39 @@ def _cache(table: Mapping[str, Any]) -> CacheSettings:
             raise ConfigError('cache.backend must be "memory", "redis" or "none"')
     if "url" in table:
         kwargs["url"] = _typed(table, "url", str, "cache")
-    for key in ("ttl_seconds", "stale_seconds"):
+    if "max_entries" in table:
+        kwargs["max_entries"] = _typed(table, "max_entries", int, "cache")
+        if kwargs["max_entries"] < 1:
+            raise ConfigError("cache.max_entries must be at least 1")
+    if "response_cache" in table:
+        kwargs["response_cache"] = _typed(table, "response_cache", bool, "cache")
+    for key in ("ttl_seconds", "stale_seconds", "redis_timeout_seconds"):
         if key in table:
             value = float(_typed(table, key, (int, float), "cache"))
             if value < 0:
                 raise ConfigError(f"cache.{key} must not be negative")
             kwargs[key] = value
     settings = CacheSettings(**kwargs)
-    if settings.backend == "redis" and not settings.url:
-        raise ConfigError('cache.url is required with backend = "redis"')
+    if settings.backend == "redis":
+        if not settings.url:
+            raise ConfigError('cache.url is required with backend = "redis"')
+        if not re.match(r"^rediss?://", settings.url):
+            raise ConfigError("cache.url must be a redis:// or rediss:// URL")
     return settings
+
+
+def _provider_ttl(name: ProviderName, table: Mapping[str, Any]) -> float | None:
+    if "ttl_seconds" not in table:
+        return None
+    ttl = float(_typed(table, "ttl_seconds", (int, float), f"providers.{name.key}"))
+    if ttl < 0:
+        raise ConfigError(f"providers.{name.key}.ttl_seconds must not be negative")
+    return ttl
 
 
 def _provider(name: ProviderName, table: Mapping[str, Any]) -> ProviderSettings:
     where = f"providers.{name.key}"
-    _check_keys(table, {"base_url", "timeout_seconds", "token_url"}, where)
+    _check_keys(table, {"base_url", "timeout_seconds", "token_url", "ttl_seconds"}, where)
     if "base_url" not in table:
         raise ConfigError(f"{where}.base_url is required")
     base_url = _typed(table, "base_url", str, where)
@@ -217,6 +257,7 @@ def parse_settings(data: Mapping[str, Any], *, env: Mapping[str, str] | None = N
     data = _resolve_env(dict(data), "config", os.environ if env is None else env)
     _check_keys(data, {"server", "cache", "providers", "tenants"}, "config")
     providers: dict[ProviderName, ProviderSettings] = {}
+    ttls: dict[ProviderName, float] = {}
     known = {p.key: p for p in ProviderName}
     for key, table in _table(data, "providers", "").items():
         provider = known.get(key)
@@ -225,6 +266,9 @@ def parse_settings(data: Mapping[str, Any], *, env: Mapping[str, str] | None = N
         if not isinstance(table, Mapping):
             raise ConfigError(f"providers.{key} must be a table")
         providers[provider] = _provider(provider, table)
+        ttl = _provider_ttl(provider, table)
+        if ttl is not None:
+            ttls[provider] = ttl
     tenants: list[TenantSettings] = []
     for name, table in _table(data, "tenants", "").items():
         if not isinstance(table, Mapping):
@@ -249,6 +293,7 @@ def parse_settings(data: Mapping[str, Any], *, env: Mapping[str, str] | None = N
         server=_server(_table(data, "server", "")),
         cache=_cache(_table(data, "cache", "")),
         providers=providers,
+        provider_ttls=ttls,
         tenants=tuple(tenants),
     )
 

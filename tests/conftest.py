@@ -65,13 +65,18 @@ def write_config(
     sandboxes: dict[ProviderName, ServedApp],
     *,
     timeout: float = 5.0,
-    extra: str = "",
+    cache: dict[str, Any] | None = None,
+    provider_ttls: dict[ProviderName, float] | None = None,
 ) -> Path:
-    lines = ["[server]", "max_depth = 8", "", "[cache]", 'backend = "none"', ""]
+    lines = ["[server]", "max_depth = 8", "", "[cache]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (cache or {"backend": "none"}).items()]
+    lines.append("")
     for provider, served in sandboxes.items():
         lines.append(f"[providers.{provider.key}]")
         lines.append(f"base_url = {_toml_value(served.url)}")
         lines.append(f"timeout_seconds = {timeout}")
+        if provider_ttls and provider in provider_ttls:
+            lines.append(f"ttl_seconds = {provider_ttls[provider]}")
         token_path = getattr(load_sandbox_module(provider), "TOKEN_PATH", None)
         if token_path:
             lines.append(f"token_url = {_toml_value(served.url + token_path)}")
@@ -92,7 +97,7 @@ def write_config(
         for provider, values in creds.items():
             lines.append(f"{provider.key} = {_inline(values)}")
         lines.append("")
-    path.write_text("\n".join(lines) + extra)
+    path.write_text("\n".join(lines))
     return path
 
 

@@ -1,0 +1,443 @@
+"""Caching, on aiocache: upstream reads, whole responses and persisted queries, per tenant.
+
+* ``CacheLayer`` is process-wide: the store (memory, Redis or none), the in-flight table that
+  coalesces identical upstream reads of concurrent requests, and invalidation generations.
+* ``RequestScope`` is per request. It is the ``CallMemo`` that ``providers.base.UpstreamHttp``
+  routes every GET through, so adapters stay unaware of caching. Per call it tries, in order:
+  the request's own memo, a fresh cache entry, an identical read already in flight, upstream;
+  and when upstream fails, a stale entry younger than ``stale_seconds``.
+
+Keys are ``og:u:<tenant>:<provider>:<credential fingerprint>:<generation>:<call digest>``: never
+shared across tenants or credentials. A mutation bumps the generation of its (provider,
+credentials), which orphans every entry made with the old one, in every process sharing Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from aiocache import SimpleMemoryCache
+from aiocache.serializers import BaseSerializer, NullSerializer
+
+from gateway.settings import CacheSettings
+from providers.base import (
+    BadUpstreamResponse,
+    CallKey,
+    CallMemo,
+    ProviderName,
+    UpstreamRateLimited,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+__all__ = ["CacheLayer", "RequestScope", "StaleRead", "build_cache"]
+
+logger = logging.getLogger("orggraph.cache")
+
+# Failures that say "the provider is having a bad time", where an older answer beats none.
+# Auth failures, 404s and rejected input are answers about the request and are never masked.
+_STALE_ON = (UpstreamTimeout, UpstreamUnavailable, UpstreamRateLimited, BadUpstreamResponse)
+
+APQ_TTL_SECONDS = 7 * 24 * 3600.0
+"""Persisted queries are immutable (keyed by their own hash); keep them a week."""
+
+
+# --------------------------------------------------------------------------------------------
+# Stores
+# --------------------------------------------------------------------------------------------
+
+
+class _BoundedMemoryCache(SimpleMemoryCache):
+    """aiocache's memory backend with an entry bound, evicting least recently written first.
+
+    aiocache's own memory cache grows without limit; distinct keys grow with tenants, queries
+    and variables, so an unbounded cache is a memory leak under varied traffic."""
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__(serializer=NullSerializer(), timeout=None)
+        self._max_entries = max_entries
+
+    async def _set(
+        self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None
+    ) -> Any:
+        self._cache.pop(key, None)  # re-insert at the end: the dict's order is recency
+        result = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
+        while len(self._cache) > self._max_entries:
+            await self._delete(next(iter(self._cache)))
+        return result
+
+
+def _bytes_as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()  # response bodies: UTF-8 JSON text
+    raise TypeError(f"cannot cache a {type(value).__name__}")
+
+
+class _OrjsonSerializer(BaseSerializer):
+    DEFAULT_ENCODING = None  # Redis hands back bytes; orjson reads them directly
+
+    def dumps(self, value: Any) -> bytes:
+        return orjson.dumps(value, default=_bytes_as_text)
+
+    def loads(self, value: bytes | None) -> Any:
+        return None if value is None else orjson.loads(value)
+
+
+class CacheStore:
+    """The operations the gateway needs, over an aiocache backend. A store that fails (Redis
+    down) degrades to "no cache": requests still get answers, straight from upstream."""
+
+    def __init__(self, backend: Any | None, *, name: str) -> None:
+        self._backend = backend
+        self.name = name
+        self._last_warning = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self._backend is not None
+
+    def _failed(self, operation: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 30:  # one line per 30 s, not one per request
+            self._last_warning = now
+            logger.warning(
+                "%s cache %s failed (%s); serving uncached",
+                self.name,
+                operation,
+                type(exc).__name__,
+            )
+
+    async def get(self, key: str) -> Any:
+        if self._backend is None:
+            return None
+        try:
+            return await self._backend.get(key)
+        except Exception as exc:
+            self._failed("get", exc)
+            return None
+
+    async def get_many(self, keys: list[str]) -> list[Any]:
+        if self._backend is None or not keys:
+            return [None] * len(keys)
+        try:
+            return list(await self._backend.multi_get(keys))
+        except Exception as exc:
+            self._failed("get", exc)
+            return [None] * len(keys)
+
+    async def set(self, key: str, value: Any, ttl: float) -> None:
+        if self._backend is None or ttl <= 0:
+            return
+        try:
+            # Redis takes whole seconds; round up so an entry never outlives its data early.
+            await self._backend.set(key, value, ttl=max(1, int(ttl + 0.999)))
+        except Exception as exc:
+            self._failed("set", exc)
+
+    async def incr(self, key: str) -> int | None:
+        if self._backend is None:
+            return None
+        try:
+            return int(await self._backend.increment(key, 1))
+        except Exception as exc:
+            self._failed("increment", exc)
+            return None
+
+    async def close(self) -> None:
+        if self._backend is not None:
+            try:
+                await self._backend.close()
+            except Exception as exc:
+                self._failed("close", exc)
+
+
+def _redis_backend(url: str, *, timeout: float) -> Any:
+    from aiocache import RedisCache
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("cache.url must be a redis:// or rediss:// URL")
+    db = parts.path.strip("/") or "0"
+    return RedisCache(
+        endpoint=parts.hostname or "127.0.0.1",
+        port=parts.port or 6379,
+        db=int(db),
+        password=parts.password,
+        ssl=parts.scheme == "rediss",
+        serializer=_OrjsonSerializer(),
+        timeout=timeout,
+        pool_max_size=64,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cached upstream responses
+# --------------------------------------------------------------------------------------------
+
+
+def _pack(response: UpstreamResponse, stored_at: float) -> dict[str, Any]:
+    return {
+        "status": response.status,
+        "headers": list(response.headers.items()),
+        "body": response.body,
+        "url": response.url,
+        "at": stored_at,
+    }
+
+
+def _unpack(entry: Mapping[str, Any]) -> UpstreamResponse:
+    return UpstreamResponse(
+        status=int(entry["status"]),
+        headers=httpx.Headers([tuple(h) for h in entry["headers"]]),
+        body=entry["body"],
+        url=str(entry["url"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRead:
+    provider: ProviderName
+    age_seconds: float
+
+
+# --------------------------------------------------------------------------------------------
+# The process-wide layer
+# --------------------------------------------------------------------------------------------
+
+
+class CacheLayer:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        provider_ttls: Mapping[ProviderName, float],
+        store: CacheStore,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._ttls = {p: provider_ttls.get(p, settings.ttl_seconds) for p in ProviderName}
+        self._inflight: dict[str, asyncio.Task[UpstreamResponse]] = {}
+        # Persisted queries seen by this process: a small LRU in front of the shared store.
+        # 2048 documents covers any real client fleet's operations; beyond that is abuse.
+        self._apq_local: OrderedDict[str, str] = OrderedDict()
+
+    @property
+    def response_cache_enabled(self) -> bool:
+        return self.store.enabled and self.settings.response_cache
+
+    def ttl(self, provider: ProviderName) -> float:
+        return self._ttls[provider] if self.store.enabled else 0.0
+
+    def scope(self, tenant: str) -> RequestScope:
+        return RequestScope(self, tenant)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    # ------------------------------------------------------------------ coalescing
+
+    async def coalesce(
+        self, key: str, fetch: Callable[[], Awaitable[UpstreamResponse]]
+    ) -> UpstreamResponse:
+        """One upstream request for every concurrent caller with the same key.
+
+        The fetch runs in its own task so one caller going away (client disconnect) does not
+        cancel it for the others."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(fetch())
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    # ------------------------------------------------------------------ generations
+
+    @staticmethod
+    def _generation_key(provider: ProviderName, credentials: str) -> str:
+        return f"og:g:{provider.value}:{credentials}"
+
+    async def generations(self, pairs: list[tuple[ProviderName, str]]) -> list[int]:
+        values = await self.store.get_many([self._generation_key(p, c) for p, c in pairs])
+        return [int(v) if v is not None else 0 for v in values]
+
+    async def invalidate(self, provider: ProviderName, credentials: str) -> None:
+        """Every cached read of these credentials at this provider is now out of date."""
+        await self.store.incr(self._generation_key(provider, credentials))
+
+    # ------------------------------------------------------------------ whole responses
+
+    async def get_response(self, key: str) -> bytes | None:
+        entry = await self.store.get(key)
+        if not isinstance(entry, Mapping):
+            return None
+        deps = [(ProviderName(p), str(c), int(g)) for p, c, g in entry.get("deps", ())]
+        if deps:
+            current = await self.generations([(p, c) for p, c, _ in deps])
+            if any(g != now for (_, _, g), now in zip(deps, current, strict=True)):
+                return None
+        body = entry.get("body")
+        return body.encode() if isinstance(body, str) else body
+
+    async def set_response(
+        self, key: str, body: bytes, deps: list[tuple[ProviderName, str, int]], ttl: float
+    ) -> None:
+        await self.store.set(
+            key, {"body": body, "deps": [(p.value, c, g) for p, c, g in deps]}, ttl
+        )
+
+    # ------------------------------------------------------------------ persisted queries
+
+    async def persisted_query(self, sha256: str) -> str | None:
+        query = self._apq_local.get(sha256)
+        if query is not None:
+            self._apq_local.move_to_end(sha256)
+            return query
+        stored = await self.store.get(f"og:q:{sha256}")
+        if isinstance(stored, str):
+            self._remember_query(sha256, stored)
+            return stored
+        return None
+
+    async def persist_query(self, sha256: str, query: str) -> None:
+        self._remember_query(sha256, query)
+        await self.store.set(f"og:q:{sha256}", query, APQ_TTL_SECONDS)
+
+    def _remember_query(self, sha256: str, query: str) -> None:
+        self._apq_local[sha256] = query
+        self._apq_local.move_to_end(sha256)
+        while len(self._apq_local) > 2048:
+            self._apq_local.popitem(last=False)
+
+
+def build_cache(settings: CacheSettings, provider_ttls: Mapping[ProviderName, float]) -> CacheLayer:
+    backend: Any | None
+    if settings.backend == "memory":
+        backend = _BoundedMemoryCache(settings.max_entries)
+    elif settings.backend == "redis":
+        assert settings.url is not None
+        backend = _redis_backend(settings.url, timeout=settings.redis_timeout_seconds)
+    else:
+        backend = None
+    return CacheLayer(settings, provider_ttls, CacheStore(backend, name=settings.backend))
+
+
+# --------------------------------------------------------------------------------------------
+# The per-request scope
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Used:
+    """What one request's answer was built from, to bound and validate a response cache entry."""
+
+    fresh_for: float = float("inf")
+    deps: dict[tuple[ProviderName, str], int] = field(default_factory=dict)
+    stale: dict[ProviderName, float] = field(default_factory=dict)
+    uncacheable: bool = False
+
+
+class RequestScope(CallMemo):
+    __slots__ = ("_generation_tasks", "layer", "tenant", "used")
+
+    def __init__(self, layer: CacheLayer, tenant: str) -> None:
+        super().__init__()
+        self.layer = layer
+        self.tenant = tenant
+        self.used = _Used()
+        self._generation_tasks: dict[tuple[ProviderName, str], asyncio.Task[list[int]]] = {}
+
+    async def _generation(self, provider: ProviderName, credentials: str) -> int:
+        pair = (provider, credentials)
+        if pair not in self.used.deps:
+            task = self._generation_tasks.get(pair)
+            if task is None:
+                task = asyncio.ensure_future(self.layer.generations([pair]))
+                self._generation_tasks[pair] = task
+            (generation,) = await asyncio.shield(task)
+            self.used.deps.setdefault(pair, generation)
+        return self.used.deps[pair]
+
+    def mark_uncacheable(self) -> None:
+        """The answer depends on something besides cached reads (health figures, a write)."""
+        self.used.uncacheable = True
+
+    async def invalidate(self, provider: ProviderName, credentials: str) -> None:
+        self.mark_uncacheable()
+        self.clear()
+        await self.layer.invalidate(provider, credentials)
+
+    def stale_reads(self) -> list[StaleRead]:
+        return [StaleRead(p, age) for p, age in self.used.stale.items()]
+
+    def response_ttl(self) -> float:
+        """How long the response may be reused: until the first piece of data in it expires;
+        zero when it must not be reused at all."""
+        used = self.used
+        if used.uncacheable or used.stale or not used.deps or used.fresh_for == float("inf"):
+            return 0.0
+        return max(0.0, used.fresh_for)
+
+    def dependencies(self) -> list[tuple[ProviderName, str, int]]:
+        return [(p, c, g) for (p, c), g in self.used.deps.items()]
+
+    async def load(
+        self, key: CallKey, fetch: Callable[[], Awaitable[UpstreamResponse]]
+    ) -> UpstreamResponse:
+        layer = self.layer
+        ttl = layer.ttl(key.provider)
+        if ttl <= 0:
+            # Nothing to cache: still share one upstream request between concurrent callers.
+            self.used.fresh_for = 0.0
+            identity = f"og:c:{self.tenant}:{key.provider.value}:{key.credentials}:{key.digest()}"
+            return await layer.coalesce(identity, fetch)
+        generation = await self._generation(key.provider, key.credentials)
+        cache_key = (
+            f"og:u:{self.tenant}:{key.provider.value}:{key.credentials}:{generation}:{key.digest()}"
+        )
+        entry: Mapping[str, Any] | None = None
+        age = 0.0
+        found = await layer.store.get(cache_key)
+        if isinstance(found, Mapping):
+            entry = found
+            age = max(0.0, time.time() - float(found["at"]))
+            if age < ttl:
+                self.used.fresh_for = min(self.used.fresh_for, ttl - age)
+                return _unpack(found)
+
+        async def fetch_and_store() -> UpstreamResponse:
+            response = await fetch()
+            await layer.store.set(
+                cache_key, _pack(response, time.time()), ttl + layer.settings.stale_seconds
+            )
+            return response
+
+        try:
+            response = await layer.coalesce(cache_key, fetch_and_store)
+        except _STALE_ON:
+            if entry is not None and age < ttl + layer.settings.stale_seconds:
+                self.used.stale[key.provider] = max(self.used.stale.get(key.provider, 0.0), age)
+                return _unpack(entry)
+            raise
+        self.used.fresh_for = min(self.used.fresh_for, ttl)
+        return response
+
+
+def request_key(tenant: str, query: str, operation_name: str | None, variables: Any) -> str:
+    """Whole-response cache key: tenant + document hash + operation + canonical variables."""
+    digest = hashlib.sha256()
+    digest.update(query.encode())
+    digest.update(b"\0")
+    digest.update((operation_name or "").encode())
+    digest.update(b"\0")
+    digest.update(orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS))
+    return f"og:r:{tenant}:{digest.hexdigest()[:48]}"
