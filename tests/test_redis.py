@@ -1,0 +1,178 @@
+"""The Redis cache backend against a real redis-server, shared by two gateway processes.
+
+``make test`` installs redis-server where it is missing; a machine without it fails here on
+purpose (with a message saying so) rather than skipping the proof.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from providers.base import ProviderName
+from tests.conftest import Deployment, write_config
+from tests.support import ServedApp, http
+
+ORGGRAPH = str(Path(sys.executable).parent / "orggraph")
+DASHBOARD = """{ organizations(first: 100) { nodes { provider providerId name billingEmail
+  subscriptions(first: 5) { nodes { status } } usage { metrics { key value } } } } }"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run `make test` (it installs it)")
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.025)
+        self.client = client
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+class GatewayProcess:
+    def __init__(self, config: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k != "ORGGRAPH_CONFIG"}
+        self.process = subprocess.Popen(
+            [ORGGRAPH, "serve", "--config", str(config), "--port", str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        for _ in range(400):
+            try:
+                if http.get(self.url + "/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.025)
+        raise RuntimeError("gateway process did not start")
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGINT)
+        output, _ = self.process.communicate(timeout=15)
+        return output
+
+
+@pytest.fixture
+def two_gateways(
+    sandboxes: dict[ProviderName, ServedApp], redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Any]:
+    started: list[GatewayProcess] = []
+
+    def start(cache: dict[str, Any]) -> tuple[Deployment, Deployment]:
+        config = write_config(
+            tmp_path / f"redis{len(started)}.toml",
+            sandboxes,
+            cache={"backend": "redis", "url": redis_server.url, **cache},
+        )
+        from gateway.settings import load_settings
+
+        settings = load_settings(config)
+        a, b = GatewayProcess(config), GatewayProcess(config)
+        started.extend([a, b])
+        return Deployment(a.url, sandboxes, settings), Deployment(b.url, sandboxes, settings)
+
+    for served in sandboxes.values():
+        served.clear_requests()
+        served.clear_faults()
+    yield start
+    for process in started:
+        output = process.stop()
+        assert "Traceback" not in output, output
+
+
+def api_calls(gw: Deployment) -> int:
+    return sum(
+        1 for log in gw.upstream_requests().values() for r in log if not r["path"].endswith("token")
+    )
+
+
+def test_processes_share_whole_responses_through_redis(
+    two_gateways: Any, redis_server: RedisServer
+) -> None:
+    a, b = two_gateways({"ttl_seconds": 30})
+    first = a.query(DASHBOARD)
+    assert first.headers["x-orggraph-cache"] == "miss"
+    calls = api_calls(a)
+    second = b.query(DASHBOARD)
+    assert second.headers["x-orggraph-cache"] == "hit"
+    assert second.json() == first.json()
+    assert api_calls(b) == calls
+    keys = [k.decode() for k in redis_server.client.keys("og:*")]
+    assert any(k.startswith("og:r:acme:") for k in keys)
+    assert any(k.startswith("og:u:acme:") for k in keys)
+    # Nothing secret is in a key.
+    from tests.conftest import sandbox_credentials
+
+    secrets = [v for p in ProviderName for v in sandbox_credentials(p, "acme").values()]
+    assert not any(s in k for k in keys for s in secrets)
+
+
+def test_processes_share_upstream_reads_and_invalidation(two_gateways: Any) -> None:
+    a, b = two_gateways({"ttl_seconds": 30, "response_cache": False})
+    a.data(DASHBOARD)
+    calls = api_calls(a)
+    b.data(DASHBOARD)
+    assert api_calls(b) == calls, "process B went upstream for reads A had cached"
+
+    org = a.data("{ organizations(first: 1, providers: [PLANETSCALE]) { nodes { id } } }")
+    org_id = org["organizations"]["nodes"][0]["id"]
+    email = f"redis-{time.monotonic_ns()}@example.com"
+    a.data(
+        "mutation($id: ID!, $e: String!) { updateOrganization(id: $id, input: {billingEmail: $e})"
+        " { billingEmail } }",
+        {"id": org_id, "e": email},
+    )
+    seen = b.data("{ organizations(first: 100, providers: [PLANETSCALE]) { nodes { billingEmail } } }")
+    assert email in [n["billingEmail"] for n in seen["organizations"]["nodes"]]
+
+
+def test_a_dead_redis_degrades_to_uncached_not_to_errors(
+    two_gateways: Any, redis_server: RedisServer
+) -> None:
+    a, _ = two_gateways({"ttl_seconds": 30})
+    a.data(DASHBOARD)
+    redis_server.stop()
+    calls = api_calls(a)
+    body = a.query(DASHBOARD.replace("billingEmail", "slug")).json()
+    assert "errors" not in body and body["data"]["organizations"]["nodes"]
+    assert api_calls(a) > calls
