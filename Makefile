@@ -44,5 +44,12 @@ redis-server:
 test: install lint redis-server
 	$(BIN)/pytest -q
 
+# Load and latency figures (bench/run.py); results go to bench/RESULTS.md. Not run by CI.
+bench: install redis-server
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

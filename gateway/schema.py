@@ -19,6 +19,7 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.scalars import JSON
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
 from gateway.cache import RequestScope
 from gateway.errors import ErrorCode, GatewayError, upstream_graphql_error
@@ -76,6 +77,9 @@ class RequestContext:
     upstreams: Upstreams
     scope: RequestScope | None = None
     errors: list[GraphQLError] = field(default_factory=list)
+    prefetched: dict[tuple[str, ProviderName, str], asyncio.Future[Any]] = field(
+        default_factory=dict
+    )
 
     def credentials(self, provider: ProviderName) -> ProviderCredentials:
         """The tenant's credentials for ``provider`` or a FORBIDDEN error saying so."""
@@ -98,6 +102,43 @@ class RequestContext:
 
     def add_upstream_error(self, error: UpstreamError, info: Info) -> None:
         self.errors.append(upstream_graphql_error(error, info.path.as_list()))
+
+    def prefetch(self, org: OrganizationRecord, *, usage: bool, subscriptions: bool) -> None:
+        """Start the per-organization reads the query will ask for; resolvers await them."""
+        creds = self.tenant.credentials_for(org.provider)
+        if creds is None:
+            return
+        if usage:
+            self._start(_key("usage", org), self.upstreams.get_usage(creds, org))
+        if subscriptions:
+            self._start(_key("subscriptions", org), self.upstreams.list_subscriptions(creds, org))
+
+    def _start(self, key: tuple[str, ProviderName, str], call: Any) -> None:
+        if key in self.prefetched:
+            call.close()
+            return
+        task = asyncio.ensure_future(call)
+        # A failure is reported by the resolver that awaits it; never "never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self.prefetched[key] = task
+
+    async def usage_of(self, org: OrganizationRecord) -> UsageRecord | None:
+        task = self.prefetched.get(_key("usage", org))
+        if task is not None:
+            result: UsageRecord | None = await task
+            return result
+        return await self.upstreams.get_usage(self.credentials(org.provider), org)
+
+    async def subscriptions_of(self, org: OrganizationRecord) -> tuple[SubscriptionRecord, ...]:
+        task = self.prefetched.get(_key("subscriptions", org))
+        if task is not None:
+            result: tuple[SubscriptionRecord, ...] = await task
+            return result
+        return await self.upstreams.list_subscriptions(self.credentials(org.provider), org)
+
+
+def _key(kind: str, org: OrganizationRecord) -> tuple[str, ProviderName, str]:
+    return (kind, org.provider, org.provider_id)
 
 
 def _context(info: Info) -> RequestContext:
@@ -295,9 +336,9 @@ class Organization(Node):
         first = _check_first(first)
         start = decode_index_cursor("s", after) + 1 if after else 0
         ctx = _context(info)
-        creds = ctx.credentials(self._record.provider)
+        ctx.credentials(self._record.provider)  # FORBIDDEN when the tenant has none
         try:
-            records = await ctx.upstreams.list_subscriptions(creds, self._record)
+            records = await ctx.subscriptions_of(self._record)
         except UpstreamError as exc:
             # The connection is non-null: an empty page plus the error keeps the organization.
             ctx.add_upstream_error(exc, info)
@@ -324,8 +365,7 @@ class Organization(Node):
 
     @strawberry.field(description="Usage figures; null where the provider exposes none.")
     async def usage(self, info: Info) -> Usage | None:
-        ctx = _context(info)
-        record = await ctx.upstreams.get_usage(ctx.credentials(self._record.provider), self._record)
+        record = await _context(info).usage_of(self._record)
         return Usage.from_record(record) if record is not None else None
 
 
@@ -387,6 +427,25 @@ async def _fetch_page(
         return None
 
 
+def _node_fields(info: Info) -> set[str]:
+    """Names of the fields selected on the connection's organizations (via ``nodes``,
+    ``edges { node }`` and fragments), to know which per-organization reads will follow."""
+    names: set[str] = set()
+
+    def walk(selections: list[Selection], in_node: bool) -> None:
+        for selection in selections:
+            if not isinstance(selection, SelectedField):
+                walk(selection.selections, in_node)  # inline fragments and fragment spreads
+            elif in_node:
+                names.add(selection.name)
+            elif selection.name in ("nodes", "edges", "node"):
+                walk(selection.selections, selection.name != "edges")
+
+    for field_ in info.selected_fields:
+        walk(field_.selections, False)
+    return names
+
+
 async def resolve_organizations(
     ctx: RequestContext,
     info: Info,
@@ -399,7 +458,9 @@ async def resolve_organizations(
     The cursor of an organization names its provider, the upstream page it is on and its index
     there, so resuming refetches that page and continues after it: every organization appears
     exactly once however the client pages. The starting page of every remaining provider is
-    fetched concurrently; later pages of one provider are a chain the APIs force."""
+    requested at once; pages are then taken in provider order as they arrive, and as soon as an
+    organization's place on this page is certain its usage and subscriptions are requested
+    (when selected), so those calls do not wait for slower providers' pages."""
     first = _check_first(first)
     if providers is None or providers is strawberry.UNSET:
         providers = None  # no filter; an explicit empty list selects nothing
@@ -416,46 +477,53 @@ async def resolve_organizations(
         start_at = selected.index(position.provider)
         start_cursor, start_index = position.page_cursor, position.index + 1
     remaining = selected[start_at:]
+    wanted = _node_fields(info)
+    want_usage, want_subscriptions = "usage" in wanted, "subscriptions" in wanted
 
-    pages = await asyncio.gather(
-        *(
-            _fetch_page(ctx, info, p, start_cursor if i == 0 else None)
-            for i, p in enumerate(remaining)
-        )
-    )
-
+    pending = [
+        asyncio.ensure_future(_fetch_page(ctx, info, p, start_cursor if i == 0 else None))
+        for i, p in enumerate(remaining)
+    ]
     edges: list[OrganizationEdge] = []
     has_next = False
-    for i, provider in enumerate(remaining):
-        page = pages[i]
-        page_cursor = start_cursor if i == 0 else None
-        index = start_index if i == 0 else 0
-        while page is not None and not has_next:
-            while index < len(page.organizations):
+    try:
+        for i, provider in enumerate(remaining):
+            page = await pending[i]
+            page_cursor = start_cursor if i == 0 else None
+            index = start_index if i == 0 else 0
+            while page is not None and not has_next:
+                while index < len(page.organizations):
+                    if len(edges) == first:
+                        has_next = True
+                        break
+                    record = page.organizations[index]
+                    ctx.prefetch(record, usage=want_usage, subscriptions=want_subscriptions)
+                    edges.append(
+                        OrganizationEdge(
+                            cursor=encode_organization_cursor(
+                                OrganizationCursor(provider, page_cursor, index)
+                            ),
+                            node=Organization.from_record(record),
+                        )
+                    )
+                    index += 1
+                if has_next or page.next_cursor is None:
+                    break
                 if len(edges) == first:
                     has_next = True
                     break
-                edges.append(
-                    OrganizationEdge(
-                        cursor=encode_organization_cursor(
-                            OrganizationCursor(provider, page_cursor, index)
-                        ),
-                        node=Organization.from_record(page.organizations[index]),
-                    )
-                )
-                index += 1
-            if has_next or page.next_cursor is None:
+                page_cursor, index = page.next_cursor, 0
+                page = await _fetch_page(ctx, info, provider, page_cursor)
+            if has_next:
                 break
             if len(edges) == first:
-                has_next = True
+                later = [await task for task in pending[i + 1 :]]
+                has_next = any(p is not None and p.organizations for p in later)
                 break
-            page_cursor, index = page.next_cursor, 0
-            page = await _fetch_page(ctx, info, provider, page_cursor)
-        if has_next:
-            break
-        if len(edges) == first:
-            has_next = any(p is not None and p.organizations for p in pages[i + 1 :])
-            break
+    finally:
+        for task in pending:
+            if not task.done():
+                task.cancel()
 
     return OrganizationConnection(
         edges=edges,

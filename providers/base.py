@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import orjson
 
 __all__ = [
     "AccessToken",
@@ -703,9 +704,9 @@ class UpstreamHttp:
         parsed = False
         if response.content:
             try:
-                body = response.json()
+                body = orjson.loads(response.content)  # several times faster than json
                 parsed = True
-            except ValueError:
+            except orjson.JSONDecodeError:
                 parsed = False
 
         if status >= 400:
