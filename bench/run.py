@@ -148,11 +148,12 @@ class Sandboxes:
         for url in self.info["urls"].values():
             httpx.post(url + "/__sandbox/faults", json=fault).raise_for_status()
 
-    def config(self, path: Path, *, cache: str, ttl: float = 30.0) -> Path:
+    def config(self, path: Path, *, cache: str, ttl: float = 30.0, transport: str = "aiohttp") -> Path:
         lines = ["[server]", "max_depth = 12", "", "[cache]", f'backend = "{cache}"',
                  f"ttl_seconds = {ttl}", ""]
         for provider, url in self.info["urls"].items():
-            lines += [f"[providers.{provider.lower()}]", f'base_url = "{url}"', "timeout_seconds = 10"]
+            lines += [f"[providers.{provider.lower()}]", f'base_url = "{url}"', "timeout_seconds = 10",
+                      f'transport = "{transport}"']
             token = self.info["tokens"][provider]
             if token:
                 lines.append(f'token_url = "{token}"')
@@ -262,6 +263,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             print("fanout", results["fanout_100ms"], flush=True)
 
+        # 2b. The same over the other upstream transports, to show why aiohttp is the default.
+        for transport in ("httpx-aiohttp", "httpx"):
+            with gateway(sb.config(tmp / f"{transport}.toml", cache="none", transport=transport)) as (url, _pid):
+                for one in single:
+                    check(url, one)
+                sb.clear()
+                name = f"single_org_cache_off_{transport}"
+                results[name] = r = wrk(url, single, seconds=secs, connections=conns, auth=auth)
+                r["upstream_calls_per_query"] = sb.calls() / max(1, r["requests"])
+                print(name, r, flush=True)
+
         # 4. Cache on (memory): the whole-response cache answers repeated operations.
         with gateway(sb.config(tmp / "mem.toml", cache="memory")) as (url, pid):
             for name, body in (("single_org_cached", single), ("dashboard_cached", dashboard)):
@@ -322,7 +334,9 @@ def hive(sb: Sandboxes, names: list[str], secs: int, conns: int) -> dict[str, An
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     rows = []
-    for name in ("bare_starlette", "single_org_cache_off", "single_org_cached", "dashboard_cache_off",
+    for name in ("bare_starlette", "single_org_cache_off", "single_org_cache_off_httpx-aiohttp",
+                 "single_org_cache_off_httpx",
+                 "single_org_cached", "dashboard_cache_off",
                  "dashboard_cached", "hive_single_org"):
         r = results.get(name)
         if not r or "rps" not in r:

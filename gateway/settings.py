@@ -202,7 +202,9 @@ def _provider_ttl(name: ProviderName, table: Mapping[str, Any]) -> float | None:
 
 def _provider(name: ProviderName, table: Mapping[str, Any]) -> ProviderSettings:
     where = f"providers.{name.key}"
-    _check_keys(table, {"base_url", "timeout_seconds", "token_url", "ttl_seconds"}, where)
+    _check_keys(
+        table, {"base_url", "timeout_seconds", "token_url", "ttl_seconds", "transport"}, where
+    )
     if "base_url" not in table:
         raise ConfigError(f"{where}.base_url is required")
     base_url = _typed(table, "base_url", str, where)
@@ -214,6 +216,10 @@ def _provider(name: ProviderName, table: Mapping[str, Any]) -> ProviderSettings:
         if timeout <= 0:
             raise ConfigError(f"{where}.timeout_seconds must be positive")
         kwargs["timeout_seconds"] = timeout
+    if "transport" in table:
+        kwargs["transport"] = _typed(table, "transport", str, where)
+        if kwargs["transport"] not in ("aiohttp", "httpx-aiohttp", "httpx"):
+            raise ConfigError(f'{where}.transport must be "aiohttp", "httpx-aiohttp" or "httpx"')
     if "token_url" in table:
         if name not in (ProviderName.LOKE, ProviderName.UPSUN):
             raise ConfigError(f"{where}.token_url only applies to loke and upsun")

@@ -17,6 +17,7 @@ Everything the gateway knows about a provider goes through this module:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import hashlib
 import importlib
@@ -30,8 +31,10 @@ from types import ModuleType
 from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import urljoin, urlsplit
 
+import aiohttp
 import httpx
 import orjson
+import yarl
 
 __all__ = [
     "AccessToken",
@@ -226,6 +229,10 @@ class ProviderSettings:
     timeout_seconds: float = 10.0
     token_url: str | None = None
     max_connections: int = 100
+    transport: str = "aiohttp"
+    """How requests reach the upstream: "aiohttp" (aiohttp's client directly), "httpx-aiohttp"
+    (the httpx API over aiohttp's pool) or "httpx" (httpx's own pool). bench/RESULTS.md has the
+    measurements behind the default."""
 
 
 class CredentialsError(ValueError):
@@ -592,13 +599,23 @@ class UpstreamHttp:
         self.settings = settings
         self._error_detail = error_detail
         self._status_errors = {**_STATUS_ERRORS, **(status_errors or {})}
+        limits = httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections,
+        )
+        transport: httpx.AsyncBaseTransport | None = None
+        if settings.transport == "httpx-aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits, trust_env=False)
+        self._native = settings.transport == "aiohttp"
+        self._session: aiohttp.ClientSession | None = None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.timeout_seconds),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-            ),
+            limits=limits,
+            transport=transport,
             follow_redirects=False,
+            trust_env=False,
         )
 
     def url(self, path: str) -> str:
@@ -607,6 +624,8 @@ class UpstreamHttp:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def request(
         self,
@@ -687,24 +706,53 @@ class UpstreamHttp:
     ) -> UpstreamResponse:
         name = self.provider.key
         try:
-            response = await self._client.request(
-                method, url, headers=dict(headers), params=params, json=json, data=data, auth=auth
-            )
-        except httpx.TimeoutException:
+            if self._native:
+                status, response_headers, content, final_url = await self._exchange_aiohttp(
+                    method, url, headers, params, json, data, auth
+                )
+            else:
+                response = await self._client.request(
+                    method,
+                    url,
+                    headers=dict(headers),
+                    params=params,
+                    json=json,
+                    data=data,
+                    auth=auth,
+                )
+                status, response_headers, content, final_url = (
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    str(response.url),
+                )
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            cause = exc.__cause__
+            if (
+                isinstance(exc, httpx.TimeoutException)
+                and cause is not None
+                and "Timeout" not in type(cause).__name__
+            ):
+                # httpx-aiohttp maps aiohttp's connection errors (refused, DNS) to ConnectTimeout;
+                # the cause says what really happened.
+                raise UpstreamUnavailable(
+                    self.provider, f"{name} is unreachable ({type(cause).__name__})"
+                ) from None
             raise UpstreamTimeout(
                 self.provider, f"{name} did not answer within {self.settings.timeout_seconds:g}s"
             ) from None
-        except httpx.HTTPError as exc:
+        except Exception as exc:
+            # Whatever the transport raises (httpx's errors, or aiohttp's and OSErrors that the
+            # aiohttp transport leaves unmapped) means the same to the caller: no answer.
             raise UpstreamUnavailable(
                 self.provider, f"{name} is unreachable ({type(exc).__name__})"
             ) from None
 
-        status = response.status_code
         body: Any = None
         parsed = False
-        if response.content:
+        if content:
             try:
-                body = orjson.loads(response.content)  # several times faster than json
+                body = orjson.loads(content)  # several times faster than json
                 parsed = True
             except orjson.JSONDecodeError:
                 parsed = False
@@ -723,7 +771,7 @@ class UpstreamHttp:
             if error_cls is None:
                 error_cls = UpstreamUnavailable if status >= 500 else BadUpstreamResponse
             raise error_cls(
-                self.provider, message, status=status, retry_after=_retry_after(response.headers)
+                self.provider, message, status=status, retry_after=_retry_after(response_headers)
             )
 
         if expect_json and not parsed:
@@ -732,9 +780,43 @@ class UpstreamHttp:
                 f"{name} answered HTTP {status} with a body that is not JSON",
                 status=status,
             )
-        return UpstreamResponse(
-            status=status, headers=response.headers, body=body, url=str(response.url)
-        )
+        return UpstreamResponse(status=status, headers=response_headers, body=body, url=final_url)
+
+    async def _exchange_aiohttp(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        params: Any,
+        json: Any,
+        data: Mapping[str, str] | None,
+        auth: tuple[str, str] | None,
+    ) -> tuple[int, Mapping[str, str], bytes, str]:
+        session = self._session
+        if session is None:
+            # Created on first use: an aiohttp session belongs to the running event loop.
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.settings.max_connections, ttl_dns_cache=300
+                ),
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
+                trust_env=False,
+            )
+        if auth is not None:
+            pair = f"{auth[0]}:{auth[1]}".encode()
+            headers = {**headers, "Authorization": "Basic " + base64.b64encode(pair).decode()}
+        async with session.request(
+            method,
+            # encoded=True: links an upstream gave are followed byte for byte, as given.
+            yarl.URL(url, encoded=True),
+            headers=headers,
+            params=params,
+            json=json,
+            data=data,
+            allow_redirects=False,
+        ) as response:
+            content = await response.read()
+            return response.status, response.headers, content, str(response.url)
 
 
 # --------------------------------------------------------------------------------------------

@@ -795,7 +795,8 @@ async def test_next_page_header_variants() -> None:
     base = "https://api.loke.test"
     credentials = LokeAdapter.parse_credentials({"access_token": "loke_sandbox_at_static"})
     org = {"id": "01H0S97D8RX4RBFHHTB1HE7SFR", "name": "My Awesome Business"}
-    adapter = LokeAdapter(ProviderSettings(base_url=base + "/v0"))
+    # respx intercepts httpx's own transport only.
+    adapter = LokeAdapter(ProviderSettings(base_url=base + "/v0", transport="httpx"))
     try:
         with respx.mock(assert_all_called=True) as mock:
             route = mock.get(base + "/v0/organizations")
