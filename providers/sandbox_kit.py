@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import string
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,8 @@ class _Control:
                 "method": scope["method"],
                 "path": path,
                 "query": scope.get("query_string", b"").decode("latin-1"),
+                # Wall-clock arrival, to reconstruct call chains across processes.
+                "at": f"{time.time():.6f}",
             }
         )
         fault = self._take_fault(path)
