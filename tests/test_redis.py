@@ -44,9 +44,19 @@ class RedisServer:
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(host="127.0.0.1", port=self.port)
         for _ in range(200):
@@ -76,7 +86,10 @@ class GatewayProcess:
         env = {k: v for k, v in os.environ.items() if k != "ORGGRAPH_CONFIG"}
         self.process = subprocess.Popen(
             [ORGGRAPH, "serve", "--config", str(config), "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         for _ in range(400):
             try:
@@ -162,7 +175,9 @@ def test_processes_share_upstream_reads_and_invalidation(two_gateways: Any) -> N
         " { billingEmail } }",
         {"id": org_id, "e": email},
     )
-    seen = b.data("{ organizations(first: 100, providers: [PLANETSCALE]) { nodes { billingEmail } } }")
+    seen = b.data(
+        "{ organizations(first: 100, providers: [PLANETSCALE]) { nodes { billingEmail } } }"
+    )
     assert email in [n["billingEmail"] for n in seen["organizations"]["nodes"]]
 
 
