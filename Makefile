@@ -24,13 +24,13 @@ schema: install
 	$(BIN)/orggraph schema > schema.graphql
 
 lint: install
-	$(BIN)/ruff check gateway providers tests
-	$(BIN)/ruff format --check gateway providers tests
+	$(BIN)/ruff check gateway providers tests bench
+	$(BIN)/ruff format --check gateway providers tests bench
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix gateway providers tests
-	$(BIN)/ruff format gateway providers tests
+	$(BIN)/ruff check --fix gateway providers tests bench
+	$(BIN)/ruff format gateway providers tests bench
 
 # The Redis cache tests run a real redis-server; install it where missing (Debian/apt, as root
 # or through sudo). Anything else: install redis-server yourself, the tests say so if absent.

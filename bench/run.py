@@ -36,7 +36,10 @@ BIN = Path(sys.executable).parent
 LUA = BENCH / "wrk_post.lua"
 GATEWAY_KEY = "bench-gateway-key"
 
-SINGLE = "query($id: String!) { organization(provider: PLANETSCALE, id: $id) { providerId name billingEmail plan } }"
+SINGLE = (
+    "query($id: String!) { organization(provider: PLANETSCALE, id: $id) "
+    "{ providerId name billingEmail plan } }"
+)
 DASHBOARD = """query { organizations(first: 50) { nodes { provider providerId name status plan
   subscriptions(first: 10) { nodes { status plan currentPeriodEnd } }
   usage { metrics { key value limit unit } } } pageInfo { hasNextPage endCursor } } }"""
@@ -60,10 +63,17 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Iterator[subprocess.Popen[str]]:
+def process(
+    args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
-        args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        args,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         yield proc
@@ -95,7 +105,10 @@ def wrk(
     env["WRK_AUTH"] = auth or ""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA), url],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     return parse_wrk(out)
 
@@ -111,14 +124,18 @@ def parse_wrk(out: str) -> dict[str, float]:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     return {
         "rps": float(rps.group(1)) if rps else float("nan"),
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "requests": float(total.group(1)) if total else 0.0,
         "non_2xx": float(errors.group(1)) if errors else 0.0,
-        "socket_errors": float(sum(int(x) for x in socket_errors.groups())) if socket_errors else 0.0,
+        "socket_errors": float(sum(int(x) for x in socket_errors.groups()))
+        if socket_errors
+        else 0.0,
     }
 
 
@@ -148,20 +165,36 @@ class Sandboxes:
         for url in self.info["urls"].values():
             httpx.post(url + "/__sandbox/faults", json=fault).raise_for_status()
 
-    def config(self, path: Path, *, cache: str, ttl: float = 30.0, transport: str = "aiohttp") -> Path:
-        lines = ["[server]", "max_depth = 12", "", "[cache]", f'backend = "{cache}"',
-                 f"ttl_seconds = {ttl}", ""]
+    def config(
+        self, path: Path, *, cache: str, ttl: float = 30.0, transport: str = "aiohttp"
+    ) -> Path:
+        lines = [
+            "[server]",
+            "max_depth = 12",
+            "",
+            "[cache]",
+            f'backend = "{cache}"',
+            f"ttl_seconds = {ttl}",
+            "",
+        ]
         for provider, url in self.info["urls"].items():
-            lines += [f"[providers.{provider.lower()}]", f'base_url = "{url}"', "timeout_seconds = 10",
-                      f'transport = "{transport}"']
+            lines += [
+                f"[providers.{provider.lower()}]",
+                f'base_url = "{url}"',
+                "timeout_seconds = 10",
+                f'transport = "{transport}"',
+            ]
             token = self.info["tokens"][provider]
             if token:
                 lines.append(f'token_url = "{token}"')
             lines.append("")
         import hashlib
 
-        lines += ["[tenants.bench]", f'api_keys = ["sha256:{hashlib.sha256(GATEWAY_KEY.encode()).hexdigest()}"]',
-                  "[tenants.bench.credentials]"]
+        lines += [
+            "[tenants.bench]",
+            f'api_keys = ["sha256:{hashlib.sha256(GATEWAY_KEY.encode()).hexdigest()}"]',
+            "[tenants.bench.credentials]",
+        ]
         for provider, creds in self.info["credentials"]["acme"].items():
             inline = ", ".join(f'{k} = "{v}"' for k, v in creds.items())
             lines.append(f"{provider.lower()} = {{ {inline} }}")
@@ -171,8 +204,11 @@ class Sandboxes:
     def planetscale_names(self, count: int) -> list[str]:
         creds = self.info["credentials"]["acme"]["PLANETSCALE"]
         auth = f"{creds['service_token_id']}:{creds['service_token']}"
-        body = httpx.get(self.url("PLANETSCALE") + "/organizations", params={"per_page": count},
-                         headers={"Authorization": auth}).json()
+        body = httpx.get(
+            self.url("PLANETSCALE") + "/organizations",
+            params={"per_page": count},
+            headers={"Authorization": auth},
+        ).json()
         return [o["name"] for o in body["data"]]
 
 
@@ -189,7 +225,9 @@ def sandboxes(orgs: int) -> Iterator[Sandboxes]:
 @contextmanager
 def gateway(config: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
-    with process([str(BIN / "orggraph"), "serve", "--config", str(config), "--port", str(port)]) as proc:
+    with process(
+        [str(BIN / "orggraph"), "serve", "--config", str(config), "--port", str(port)]
+    ) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/healthz")
         yield url + "/graphql", proc.pid
@@ -201,8 +239,12 @@ def gql_body(query: str, variables: dict[str, Any] | None = None) -> str:
 
 def check(url: str, body: str) -> None:
     """One request first: a benchmark of error responses would measure nothing."""
-    response = httpx.post(url, content=body, headers={"Content-Type": "application/json",
-                                                     "Authorization": f"Bearer {GATEWAY_KEY}"}, timeout=60)
+    response = httpx.post(
+        url,
+        content=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {GATEWAY_KEY}"},
+        timeout=60,
+    )
     payload = response.json()
     if response.status_code != 200 or payload.get("errors"):
         raise RuntimeError(f"benchmark query failed: {response.status_code} {str(payload)[:500]}")
@@ -219,11 +261,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # 1. The ceiling.
     port = free_port()
-    with process([str(BIN / "uvicorn"), "bench.bare_app:app", "--port", str(port), "--log-level",
-                  "warning", "--no-access-log"]):
+    with process(
+        [
+            str(BIN / "uvicorn"),
+            "bench.bare_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+    ):
         url = f"http://127.0.0.1:{port}/graphql"
         wait_http(url)
-        results["bare_starlette"] = wrk(url, gql_body("{ hello }"), seconds=secs, connections=conns, auth=None)
+        results["bare_starlette"] = wrk(
+            url, gql_body("{ hello }"), seconds=secs, connections=conns, auth=None
+        )
     print("bare starlette", results["bare_starlette"], flush=True)
 
     with sandboxes(args.orgs) as sb:
@@ -235,12 +288,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 2. Cache off: every request goes upstream.
         with gateway(sb.config(tmp / "off.toml", cache="none")) as (url, _pid):
-            for name, body in (("single_org_cache_off", single), ("dashboard_cache_off", dashboard)):
+            for name, body in (
+                ("single_org_cache_off", single),
+                ("dashboard_cache_off", dashboard),
+            ):
                 for one in [body] if isinstance(body, str) else body:
                     check(url, one)
                 sb.clear()
                 results[name] = wrk(url, body, seconds=secs, connections=conns, auth=auth)
-                results[name]["upstream_calls_per_query"] = sb.calls() / max(1, results[name]["requests"])
+                results[name]["upstream_calls_per_query"] = sb.calls() / max(
+                    1, results[name]["requests"]
+                )
                 print(name, results[name], flush=True)
 
             # 3. Fan-out with every upstream 100 ms slow: sequential queries, wall time each.
@@ -271,7 +329,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 2b. The same over the other upstream transports, to show why aiohttp is the default.
         for transport in ("httpx-aiohttp", "httpx"):
-            with gateway(sb.config(tmp / f"{transport}.toml", cache="none", transport=transport)) as (url, _pid):
+            with gateway(
+                sb.config(tmp / f"{transport}.toml", cache="none", transport=transport)
+            ) as (url, _pid):
                 for one in single:
                     check(url, one)
                 sb.clear()
@@ -287,7 +347,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     check(url, one)  # also fills the cache
                 sb.clear()
                 results[name] = wrk(url, body, seconds=secs, connections=conns, auth=auth)
-                results[name]["upstream_calls_per_query"] = sb.calls() / max(1, results[name]["requests"])
+                results[name]["upstream_calls_per_query"] = sb.calls() / max(
+                    1, results[name]["requests"]
+                )
                 print(name, results[name], flush=True)
 
         # 5. Memory: rotate 50 organizations (distinct cache entries) for 10k then 100k requests.
@@ -318,15 +380,20 @@ def hive(sb: Sandboxes, names: list[str], secs: int, conns: int) -> dict[str, An
         return {"skipped": "npm setup failed: " + setup.stdout[-300:] + setup.stderr[-300:]}
     creds = sb.info["credentials"]["acme"]["PLANETSCALE"]
     port = free_port()
-    env = {"UPSTREAM_URL": sb.url("PLANETSCALE"), "PORT": str(port),
-           "PSCALE_AUTH": f"{creds['service_token_id']}:{creds['service_token']}"}
+    env = {
+        "UPSTREAM_URL": sb.url("PLANETSCALE"),
+        "PORT": str(port),
+        "PSCALE_AUTH": f"{creds['service_token_id']}:{creds['service_token']}",
+    }
     query = (hive_dir / "query.graphql").read_text()
     bodies = [json.dumps({"query": query, "variables": {"name": n}}) for n in names]
     with process(["bash", str(hive_dir / "start.sh")], env=env, cwd=hive_dir):
         url = f"http://127.0.0.1:{port}/graphql"
         wait_http(url.replace("/graphql", "/healthcheck"), timeout=120)
         for body in bodies:  # warm-up, and proof that it answers correctly
-            response = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=60)
+            response = httpx.post(
+                url, content=body, headers={"Content-Type": "application/json"}, timeout=60
+            )
             if response.status_code != 200 or response.json().get("errors"):
                 return {"skipped": f"hive query failed: {response.text[:300]}"}
         sb.clear()
@@ -340,18 +407,26 @@ def hive(sb: Sandboxes, names: list[str], secs: int, conns: int) -> dict[str, An
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     rows = []
-    for name in ("bare_starlette", "single_org_cache_off", "single_org_cache_off_httpx-aiohttp",
-                 "single_org_cache_off_httpx",
-                 "single_org_cached", "dashboard_cache_off",
-                 "dashboard_cached", "hive_single_org"):
+    for name in (
+        "bare_starlette",
+        "single_org_cache_off",
+        "single_org_cache_off_httpx-aiohttp",
+        "single_org_cache_off_httpx",
+        "single_org_cached",
+        "dashboard_cache_off",
+        "dashboard_cached",
+        "hive_single_org",
+    ):
         r = results.get(name)
         if not r or "rps" not in r:
             if r:
                 rows.append(f"| {name} | {r.get('skipped', 'n/a')} | | | |")
             continue
         calls = r.get("upstream_calls_per_query")
-        rows.append(f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                    f"{'' if calls is None else f'{calls:.3f}'} |")
+        rows.append(
+            f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{'' if calls is None else f'{calls:.3f}'} |"
+        )
     bare = results["bare_starlette"]["rps"]
     ratios = []
     hive_r = results.get("hive_single_org", {})
@@ -359,37 +434,54 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     if "rps" in hive_r:
         r = off["rps"] / hive_r["rps"]
         ok = r >= 1.5 and off["p99_ms"] < hive_r["p99_ms"]
-        ratios.append(f"- cache off, single organization vs Hive Gateway: {r:.2f}x requests/s "
-                      f"(target >= 1.5x), p99 {off['p99_ms']:.2f} ms vs {hive_r['p99_ms']:.2f} ms "
-                      f"(target lower): {'MET' if ok else 'NOT MET'}")
+        ratios.append(
+            f"- cache off, single organization vs Hive Gateway: {r:.2f}x requests/s "
+            f"(target >= 1.5x), p99 {off['p99_ms']:.2f} ms vs {hive_r['p99_ms']:.2f} ms "
+            f"(target lower): {'MET' if ok else 'NOT MET'}"
+        )
     else:
-        ratios.append("- cache off vs Hive Gateway: Hive not measured (" + str(hive_r.get("skipped", "no npm")) + ")")
+        ratios.append(
+            "- cache off vs Hive Gateway: Hive not measured ("
+            + str(hive_r.get("skipped", "no npm"))
+            + ")"
+        )
     cached = results["single_org_cached"]["rps"] / bare
-    ratios.append(f"- cached single organization: {cached:.0%} of bare Starlette requests/s "
-                  f"(target >= 50%): {'MET' if cached >= 0.5 else 'NOT MET'}")
+    ratios.append(
+        f"- cached single organization: {cached:.0%} of bare Starlette requests/s "
+        f"(target >= 50%): {'MET' if cached >= 0.5 else 'NOT MET'}"
+    )
     fan = results["fanout_100ms"]
-    ratios.append(f"- fan-out, every upstream 100 ms slow: median {fan['wall_ms_median']:.0f} ms vs "
-                  f"{fan['forced_chain_ms']:.0f} ms forced chain = {fan['ratio']:.2f}x "
-                  f"(target <= 1.1x): {'MET' if fan['ratio'] <= 1.1 else 'NOT MET'}")
+    ratios.append(
+        f"- fan-out, every upstream 100 ms slow: median {fan['wall_ms_median']:.0f} ms vs "
+        f"{fan['forced_chain_ms']:.0f} ms forced chain = {fan['ratio']:.2f}x "
+        f"(target <= 1.1x): {'MET' if fan['ratio'] <= 1.1 else 'NOT MET'}"
+    )
     mem = results["memory"]
-    ratios.append(f"- resident memory: {mem['after_10000']:.1f} MiB after {mem['requests_at_10000']:.0f} "
-                  f"requests, {mem['after_100000']:.1f} MiB after {mem['requests_at_100000']:.0f} "
-                  f"({mem['growth']:+.1%}; target within 10%): "
-                  f"{'MET' if abs(mem['growth']) <= 0.10 else 'NOT MET'}")
-    machine = f"{platform.node()} — {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
-    return "\n".join([
-        f"## {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"Machine: {machine}. wrk -t1 -c{args.connections} -d{args.seconds}s; sandboxes "
-        f"{args.orgs} organizations each, one process; gateway one uvicorn worker.",
-        "",
-        "| scenario | requests/s | p50 ms | p99 ms | upstream calls/query |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        *ratios,
-        "",
-    ])
+    ratios.append(
+        f"- resident memory: {mem['after_10000']:.1f} MiB after {mem['requests_at_10000']:.0f} "
+        f"requests, {mem['after_100000']:.1f} MiB after {mem['requests_at_100000']:.0f} "
+        f"({mem['growth']:+.1%}; target within 10%): "
+        f"{'MET' if abs(mem['growth']) <= 0.10 else 'NOT MET'}"
+    )
+    machine = (
+        f"{platform.node()} — {os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}"
+    )
+    return "\n".join(
+        [
+            f"## {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+            "",
+            f"Machine: {machine}. wrk -t1 -c{args.connections} -d{args.seconds}s; sandboxes "
+            f"{args.orgs} organizations each, one process; gateway one uvicorn worker.",
+            "",
+            "| scenario | requests/s | p50 ms | p99 ms | upstream calls/query |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            *ratios,
+            "",
+        ]
+    )
 
 
 def main() -> int:
@@ -412,7 +504,11 @@ def main() -> int:
     (out / "latest.json").write_text(json.dumps(results, indent=2))
     if not args.no_record:
         path = BENCH / "RESULTS.md"
-        existing = path.read_text() if path.exists() else "# Benchmark results\n\nNewest first. Produced by `make bench` (bench/run.py).\n\n"
+        existing = (
+            path.read_text()
+            if path.exists()
+            else "# Benchmark results\n\nNewest first. Produced by `make bench` (bench/run.py).\n\n"
+        )
         head, _, rest = existing.partition("\n## ")
         path.write_text(head.rstrip() + "\n\n" + text + ("\n## " + rest if rest else ""))
     return 0
