@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import string
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
