@@ -264,6 +264,13 @@ async def graphql_endpoint(request: Request) -> Response:
     return Response(encoded, media_type="application/json", headers=_CACHE_MISS)
 
 
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """Last resort for a bug outside any resolver: a GraphQL-shaped answer, never a bare 500
+    or a stack trace; the details go to the log."""
+    logger.error("unhandled error serving %s", request.url.path, exc_info=exc)
+    return _request_error(ErrorCode.INTERNAL, "Internal error", 500)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -290,4 +297,5 @@ def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = N
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         lifespan=lifespan,
+        exception_handlers={Exception: internal_error},
     )

@@ -303,3 +303,42 @@ def test_no_credential_ever_appears_in_a_response_or_a_log_line(
     assert "[redacted]" in texts[0]
     for secret in secrets:
         assert secret not in joined
+
+
+# ---------------------------------------------------------------------------- bugs
+
+
+def test_bugs_become_internal_errors_without_details(
+    sandboxes: dict[ProviderName, ServedApp], tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pathlib
+
+    config = write_config(pathlib.Path(str(tmp_path)) / "o.toml", sandboxes)
+    app = create_app(load_settings(config))
+    with serve_app(app) as served:
+        gw = Deployment(served.url, sandboxes, load_settings(config))
+        runtime = app.state.runtime
+
+        def broken_health(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("secret internals of a resolver bug")
+
+        # Inside a resolver: that field fails, the rest of the response stands.
+        runtime.upstreams.health = broken_health
+        inside = gw.query("{ providers { provider } }")
+        assert inside.status_code == 200
+        assert inside.json()["errors"][0]["extensions"] == {"code": "INTERNAL"}
+        assert inside.json()["errors"][0]["message"] == "Internal error"
+
+        # Outside any resolver: still JSON with a code, never a bare 500 page.
+        def broken_prepare(query: str) -> None:
+            raise RuntimeError("secret internals of an endpoint bug")
+
+        runtime.executor.prepare = broken_prepare
+        outside = gw.query("{ providers { provider } }")
+        assert outside.status_code == 500
+        assert outside.json() == {
+            "errors": [{"message": "Internal error", "extensions": {"code": "INTERNAL"}}]
+        }
+    for response in (inside, outside):
+        assert "secret internals" not in response.text and "Traceback" not in response.text
+    assert "secret internals of a resolver bug" in caplog.text  # the log has the details
