@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import random
 import string
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -102,8 +101,6 @@ class _Control:
                 "method": scope["method"],
                 "path": path,
                 "query": scope.get("query_string", b"").decode("latin-1"),
-                # Wall-clock arrival, to reconstruct call chains across processes.
-                "at": f"{time.time():.6f}",
             }
         )
         fault = self._take_fault(path)
