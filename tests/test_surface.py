@@ -155,3 +155,12 @@ def test_config_errors_are_reported_without_a_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "cache.backend" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_graphiql_default_query_runs_cleanly(gw: Deployment) -> None:
+    """The query a newcomer sees first in GraphiQL must work."""
+    html = (ROOT / "gateway" / "static" / "graphiql.html").read_text()
+    match = re.search(r"const defaultQuery = `(.*?)`;", html, re.S)
+    assert match is not None
+    data = gw.data(match.group(1))
+    assert data["organizations"]["nodes"] and len(data["providers"]) == 5
