@@ -9,6 +9,7 @@ them. The transport rules follow GraphQL-over-HTTP: JSON bodies, queries (not mu
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import re
@@ -70,6 +71,16 @@ def build_runtime(settings: Settings) -> Runtime:
         tenants=TenantDirectory(settings.tenants),
         cache=build_cache(settings.cache, settings.provider_ttls),
     )
+
+
+def _tune_garbage_collector() -> None:
+    """Fewer, cheaper collections: every request allocates thousands of short-lived objects,
+    and CPython's default gen-0 threshold (700) makes it walk them dozens of times per request,
+    which shows up as tail latency. Freezing moves the start-up heap (schema, adapters) out of
+    every future collection; nearly all request garbage is freed by reference counting anyway."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -285,6 +296,7 @@ def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = N
             if effective is None:
                 effective = await stack.enter_async_context(running_demo(demo or DemoOptions()))
             runtime = build_runtime(effective)
+            _tune_garbage_collector()
             stack.push_async_callback(runtime.upstreams.aclose)
             stack.push_async_callback(runtime.cache.close)
             app.state.runtime = runtime

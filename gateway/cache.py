@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -226,7 +226,8 @@ class CacheLayer:
         self.settings = settings
         self.store = store
         self._ttls = {p: provider_ttls.get(p, settings.ttl_seconds) for p in ProviderName}
-        self._inflight: dict[str, asyncio.Task[UpstreamResponse]] = {}
+        # Keyed by the cache key, or (tenant, CallKey) where nothing is cached.
+        self._inflight: dict[Hashable, asyncio.Task[UpstreamResponse]] = {}
         # Persisted queries seen by this process: a small LRU in front of the shared store.
         # 2048 documents covers any real client fleet's operations; beyond that is abuse.
         self._apq_local: OrderedDict[str, str] = OrderedDict()
@@ -247,7 +248,7 @@ class CacheLayer:
     # ------------------------------------------------------------------ coalescing
 
     async def coalesce(
-        self, key: str, fetch: Callable[[], Awaitable[UpstreamResponse]]
+        self, key: Hashable, fetch: Callable[[], Awaitable[UpstreamResponse]]
     ) -> UpstreamResponse:
         """One upstream request for every concurrent caller with the same key.
 
@@ -398,8 +399,7 @@ class RequestScope(CallMemo):
         if ttl <= 0:
             # Nothing to cache: still share one upstream request between concurrent callers.
             self.used.fresh_for = 0.0
-            identity = f"og:c:{self.tenant}:{key.provider.value}:{key.credentials}:{key.digest()}"
-            return await layer.coalesce(identity, fetch)
+            return await layer.coalesce((self.tenant, key), fetch)
         generation = await self._generation(key.provider, key.credentials)
         cache_key = (
             f"og:u:{self.tenant}:{key.provider.value}:{key.credentials}:{generation}:{key.digest()}"
