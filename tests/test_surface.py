@@ -164,3 +164,54 @@ def test_graphiql_default_query_runs_cleanly(gw: Deployment) -> None:
     assert match is not None
     data = gw.data(match.group(1))
     assert data["organizations"]["nodes"] and len(data["providers"]) == 5
+
+
+def test_orggraph_sandbox_writes_a_config_the_gateway_serves(
+    process: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    from gateway.settings import load_settings
+
+    config = tmp_path / "generated.toml"
+    proc = subprocess.Popen(
+        [ORGGRAPH, "sandbox", "--port-base", "0", "--orgs", "4", "--write-config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    process.append(proc)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.startswith("# config written to"), first
+    with serve_app(create_app(load_settings(config))) as served:
+        response = httpx.post(
+            served.url + "/graphql",
+            json={"query": "{ organizations(first: 100) { nodes { provider } } }"},
+            headers={"Authorization": "Bearer sandbox-globex-key"},
+        )
+    body = response.json()
+    assert "errors" not in body, body
+    assert {n["provider"] for n in body["data"]["organizations"]["nodes"]} == {
+        "CAPYDB",
+        "LOKE",
+        "BUNDLE",
+        "PLANETSCALE",
+        "UPSUN",
+    }
+
+
+def test_generated_config_can_name_the_sandbox_host_and_a_redis_cache() -> None:
+    from gateway.cli import sandbox_config
+    from gateway.settings import parse_settings
+    from providers.base import ProviderName
+
+    urls = {p: f"http://0.0.0.0:{9001 + i}" for i, p in enumerate(ProviderName)}
+    text = sandbox_config(
+        urls, SandboxOptions(), advertise_host="sandboxes", cache_url="redis://redis:6379/0"
+    )
+    import tomllib
+
+    settings = parse_settings(tomllib.loads(text))
+    assert settings.providers[ProviderName.UPSUN].base_url == "http://sandboxes:9005"
+    assert settings.providers[ProviderName.UPSUN].token_url == "http://sandboxes:9005/oauth2/token"
+    assert settings.cache.backend == "redis" and settings.cache.url == "redis://redis:6379/0"
+    assert {t.name for t in settings.tenants} == {"acme", "globex"}
