@@ -228,6 +228,12 @@ class CacheLayer:
         self._ttls = {p: provider_ttls.get(p, settings.ttl_seconds) for p in ProviderName}
         # Keyed by the cache key, or (tenant, CallKey) where nothing is cached.
         self._inflight: dict[Hashable, asyncio.Task[UpstreamResponse]] = {}
+        # A process-local cache needs only process-local generations: a dict, no store round
+        # trip on every response-cache hit. Shared stores (Redis) keep them shared. One small
+        # int per (provider, credentials) that was ever written through: bounded by tenants.
+        self._local_generations: dict[tuple[ProviderName, str], int] | None = (
+            {} if settings.backend == "memory" else None
+        )
         # Persisted queries seen by this process: a small LRU in front of the shared store.
         # 2048 documents covers any real client fleet's operations; beyond that is abuse.
         self._apq_local: OrderedDict[str, str] = OrderedDict()
@@ -268,11 +274,17 @@ class CacheLayer:
         return f"og:g:{provider.value}:{credentials}"
 
     async def generations(self, pairs: list[tuple[ProviderName, str]]) -> list[int]:
+        if self._local_generations is not None:
+            return [self._local_generations.get(pair, 0) for pair in pairs]
         values = await self.store.get_many([self._generation_key(p, c) for p, c in pairs])
         return [int(v) if v is not None else 0 for v in values]
 
     async def invalidate(self, provider: ProviderName, credentials: str) -> None:
         """Every cached read of these credentials at this provider is now out of date."""
+        if self._local_generations is not None:
+            pair = (provider, credentials)
+            self._local_generations[pair] = self._local_generations.get(pair, 0) + 1
+            return
         await self.store.incr(self._generation_key(provider, credentials))
 
     # ------------------------------------------------------------------ whole responses
@@ -359,6 +371,9 @@ class RequestScope(CallMemo):
 
     async def _generation(self, provider: ProviderName, credentials: str) -> int:
         pair = (provider, credentials)
+        local = self.layer._local_generations
+        if local is not None:
+            return self.used.deps.setdefault(pair, local.get(pair, 0))
         if pair not in self.used.deps:
             task = self._generation_tasks.get(pair)
             if task is None:
