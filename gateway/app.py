@@ -9,6 +9,7 @@ them. The transport rules follow GraphQL-over-HTTP: JSON bodies, queries (not mu
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import logging
@@ -99,10 +100,14 @@ def _request_error(code: ErrorCode, message: str, status: int) -> Response:
     )
 
 
+@functools.cache
+def _graphiql_template() -> str:
+    return (STATIC_DIR / "graphiql.html").read_text(encoding="utf-8")
+
+
 def _graphiql_page(path: str) -> HTMLResponse:
-    static = "/static"
-    html = (STATIC_DIR / "graphiql.html").read_text(encoding="utf-8")
-    return HTMLResponse(html.replace("{{STATIC}}", static).replace("{{ENDPOINT}}", path))
+    html = _graphiql_template().replace("{{STATIC}}", "/static")
+    return HTMLResponse(html.replace("{{ENDPOINT}}", path))
 
 
 async def _read_params(request: Request) -> dict[str, Any] | Response:

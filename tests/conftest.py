@@ -26,6 +26,15 @@ from tests.support import ServedApp, http, serve_app
 # Pages of at most 3 force the gateway to walk several upstream pages per provider.
 SANDBOX_OPTIONS = SandboxOptions(orgs=14, max_page_size=3, rate_limits=False)
 
+# Where each provider's organization listing starts (for faults aimed at it, not at tokens).
+ORG_LIST_PATHS = {
+    ProviderName.CAPYDB: "/v1/me",
+    ProviderName.LOKE: "/organizations",
+    ProviderName.BUNDLE: "/api/v1/organization/",
+    ProviderName.PLANETSCALE: "/organizations",
+    ProviderName.UPSUN: "/organizations",
+}
+
 KEYS = {
     "acme": "test-gateway-key-acme",
     "globex": "test-gateway-key-globex",

@@ -15,7 +15,7 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import load_settings
 from providers.base import ProviderName
-from tests.conftest import KEYS, Deployment, sandbox_credentials, write_config
+from tests.conftest import KEYS, ORG_LIST_PATHS, Deployment, sandbox_credentials, write_config
 from tests.support import ServedApp, serve_app
 
 LIST = "{ organizations(first: 100) { nodes { provider providerId } } }"
@@ -121,7 +121,7 @@ def test_one_failing_provider_never_hides_the_others(
 ) -> None:
     healthy = {(n["provider"], n["providerId"]) for n in gw.data(LIST)["organizations"]["nodes"]}
     # Token endpoints stay healthy: the fault is on the organization API itself.
-    gw.sandboxes[provider].fault(**fault, path_prefix=_org_list_path(provider))
+    gw.sandboxes[provider].fault(**fault, path_prefix=ORG_LIST_PATHS[provider])
     response = gw.query(LIST)
     assert response.status_code == 200
     body = response.json()
@@ -135,16 +135,6 @@ def test_one_failing_provider_never_hides_the_others(
         assert error["extensions"]["retryAfter"] == 1
     for leaked in ("this is not json", "unexpected", "bad gateway", "Traceback"):
         assert leaked not in response.text
-
-
-def _org_list_path(provider: ProviderName) -> str:
-    return {
-        ProviderName.CAPYDB: "/v1/me",
-        ProviderName.LOKE: "/organizations",
-        ProviderName.BUNDLE: "/api/v1/organization",
-        ProviderName.PLANETSCALE: "/organizations",
-        ProviderName.UPSUN: "/organizations",
-    }[provider]
 
 
 def test_failing_usage_is_null_with_error_and_failing_subscriptions_keep_the_org(
@@ -292,7 +282,7 @@ def test_no_credential_ever_appears_in_a_response_or_a_log_line(
         gw.sandboxes[provider].fault(
             status=400,
             body=f'{{"error": "{echo}", "message": "{echo}"}}',
-            path_prefix=_org_list_path(provider),
+            path_prefix=ORG_LIST_PATHS[provider],
         )
     texts.append(gw.query(LIST).text)
     gw.reset_sandboxes()

@@ -18,16 +18,8 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import load_settings
 from providers.base import ProviderName, load_sandbox_module
-from tests.conftest import SANDBOX_OPTIONS, Deployment, write_config
+from tests.conftest import ORG_LIST_PATHS, SANDBOX_OPTIONS, Deployment, write_config
 from tests.support import ServedApp, serve_app
-
-LIST_PATHS = {
-    ProviderName.CAPYDB: "/v1/me",
-    ProviderName.LOKE: "/organizations",
-    ProviderName.BUNDLE: "/api/v1/organization/",
-    ProviderName.PLANETSCALE: "/organizations",
-    ProviderName.UPSUN: "/organizations",
-}
 
 
 class BarrierGate:
@@ -57,7 +49,7 @@ def gated(
     try:
         for provider in ProviderName:
             app = load_sandbox_module(provider).create_app(options=SANDBOX_OPTIONS)
-            ctx = serve_app(BarrierGate(app, LIST_PATHS[provider], barrier))
+            ctx = serve_app(BarrierGate(app, ORG_LIST_PATHS[provider], barrier))
             served[provider] = ctx.__enter__()
             contexts.append(ctx)
         config = write_config(tmp_path_factory.mktemp("gated") / "o.toml", served, timeout=10)
