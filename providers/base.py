@@ -900,19 +900,20 @@ def token_exchange_error(provider: ProviderName, exc: UpstreamError) -> Upstream
 class AccessTokenCache:
     """Bearer tokens per credential fingerprint, fetched once however many callers race.
 
+    A token is used until its ``expires_at``, which ``parse_token_response`` already set a
+    margin early (the margin scales with the token's lifetime, so it lives there).
     Bounded (LRU) because every distinct credential set adds an entry and tenants come and go;
     1024 is far above the tenants one process serves, so in practice nothing useful is evicted."""
 
-    def __init__(self, *, max_entries: int = 1024, refresh_margin_seconds: float = 30.0) -> None:
+    def __init__(self, *, max_entries: int = 1024) -> None:
         self._tokens: OrderedDict[str, AccessToken] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[AccessToken]] = {}
         self._max_entries = max_entries
-        self._margin = refresh_margin_seconds
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[AccessToken]]) -> str:
         loop = asyncio.get_running_loop()
         token = self._tokens.get(key)
-        if token is not None and token.expires_at - self._margin > loop.time():
+        if token is not None and token.expires_at > loop.time():
             self._tokens.move_to_end(key)
             return token.value
         pending = self._inflight.get(key)

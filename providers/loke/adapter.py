@@ -103,8 +103,7 @@ class LokeAdapter:
         self.settings = settings
         self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
         self._token_url = settings.token_url or self._http.url(TOKEN_PATH)
-        # Expiry margins are applied per token in _exchange (they depend on expires_in).
-        self._tokens = AccessTokenCache(refresh_margin_seconds=0.0)
+        self._tokens = AccessTokenCache()
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:

@@ -169,9 +169,7 @@ class UpsunAdapter:
         self.settings = settings
         self.token_url = settings.token_url or DEFAULT_TOKEN_URL
         self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
-        # The refresh margin is applied per token in ``_fetch_token`` (it scales with
-        # ``expires_in``), so the cache itself uses none.
-        self._tokens = AccessTokenCache(refresh_margin_seconds=0.0)
+        self._tokens = AccessTokenCache()
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
