@@ -273,6 +273,13 @@ class CacheLayer:
     def _generation_key(provider: ProviderName, credentials: str) -> str:
         return f"og:g:{provider.value}:{credentials}"
 
+    def local_generation(self, provider: ProviderName, credentials: str) -> int | None:
+        """The current generation when generations live in this process; None when they live
+        in the shared store (and must be read with ``generations``)."""
+        if self._local_generations is None:
+            return None
+        return self._local_generations.get((provider, credentials), 0)
+
     async def generations(self, pairs: list[tuple[ProviderName, str]]) -> list[int]:
         if self._local_generations is not None:
             return [self._local_generations.get(pair, 0) for pair in pairs]
@@ -371,9 +378,9 @@ class RequestScope(CallMemo):
 
     async def _generation(self, provider: ProviderName, credentials: str) -> int:
         pair = (provider, credentials)
-        local = self.layer._local_generations
+        local = self.layer.local_generation(provider, credentials)
         if local is not None:
-            return self.used.deps.setdefault(pair, local.get(pair, 0))
+            return self.used.deps.setdefault(pair, local)
         if pair not in self.used.deps:
             task = self._generation_tasks.get(pair)
             if task is None:
