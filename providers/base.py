@@ -40,6 +40,7 @@ __all__ = [
     "AccessToken",
     "AccessTokenCache",
     "BadUpstreamResponse",
+    "CallCosts",
     "CallKey",
     "CallMemo",
     "CredentialsError",
@@ -212,6 +213,33 @@ class OrganizationUpdate:
 
     def is_empty(self) -> bool:
         return self.name is None and self.billing_email is None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallCosts:
+    """How many upstream HTTP calls an adapter's methods make, for the gateway's static estimate
+    of what one GraphQL operation can cost (``[server] max_upstream_calls``). Token exchanges are
+    not counted: tokens are cached and shared by every request of a tenant."""
+
+    organizations_per_page: int | None
+    """Organizations one ``list_organizations`` call returns at most; ``None`` when the
+    provider lists a single organization per credential (so one call, never a next page)."""
+    get_organization: int = 1
+    usage: int = 0
+    """Calls of one ``get_usage``."""
+    subscriptions: int = 0
+    """Calls of one ``list_subscriptions`` (its first page; longer walks are not foreseeable)."""
+    usage_and_subscriptions: int | None = None
+    """Calls when one organization's usage and subscriptions are both read in one request
+    (adapters whose usage is derived from the subscription pages share them); ``None`` means
+    ``usage + subscriptions``."""
+
+    def per_organization(self, *, usage: bool, subscriptions: bool) -> int:
+        if usage and subscriptions:
+            if self.usage_and_subscriptions is not None:
+                return self.usage_and_subscriptions
+            return self.usage + self.subscriptions
+        return (self.usage if usage else 0) + (self.subscriptions if subscriptions else 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -955,6 +983,7 @@ class ProviderAdapter(Protocol):
 
     provider: ClassVar[ProviderName]
     supports_update: ClassVar[bool]
+    call_costs: ClassVar[CallCosts]
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from providers.base import (
     BadUpstreamResponse,
+    CallCosts,
     CredentialsError,
     InvalidCursor,
     OperationUnsupported,
@@ -142,6 +143,8 @@ class BundleAdapter:
 
     provider: ClassVar[ProviderName] = _PROVIDER
     supports_update: ClassVar[bool] = False
+    # Usage is in the organization object, or one GET of /usage/posts on newer API versions.
+    call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=None, usage=1)
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings

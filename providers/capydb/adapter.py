@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from providers.base import (
     BadUpstreamResponse,
+    CallCosts,
     InvalidCursor,
     OrganizationPage,
     OrganizationRecord,
@@ -99,6 +100,7 @@ class CapyDBAdapter:
 
     provider: ClassVar[ProviderName] = _P
     supports_update: ClassVar[bool] = True
+    call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=None, usage=1)
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings

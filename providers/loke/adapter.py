@@ -29,6 +29,7 @@ from providers.base import (
     AccessToken,
     AccessTokenCache,
     BadUpstreamResponse,
+    CallCosts,
     InvalidCursor,
     OperationUnsupported,
     OrganizationPage,
@@ -98,6 +99,8 @@ class LokeAdapter:
 
     provider: ClassVar[ProviderName] = _PROVIDER
     supports_update: ClassVar[bool] = False
+    # LOKE documents no page size (the server decides); 50 is what its sandbox serves.
+    call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=50)
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings

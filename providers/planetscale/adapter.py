@@ -27,6 +27,7 @@ import httpx
 
 from providers.base import (
     BadUpstreamResponse,
+    CallCosts,
     InvalidCursor,
     OperationUnsupported,
     OrganizationPage,
@@ -92,6 +93,7 @@ class PlanetScaleAdapter:
 
     provider: ClassVar[ProviderName] = _PROVIDER
     supports_update: ClassVar[bool] = True
+    call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=MAX_PER_PAGE)
 
     def __init__(self, settings: ProviderSettings) -> None:
         self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)

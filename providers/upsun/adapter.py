@@ -35,6 +35,7 @@ from providers.base import (
     AccessToken,
     AccessTokenCache,
     BadUpstreamResponse,
+    CallCosts,
     InvalidCursor,
     OperationUnsupported,
     OrganizationPage,
@@ -164,6 +165,10 @@ class UpsunAdapter:
 
     provider: ClassVar[ProviderName] = _PROVIDER
     supports_update: ClassVar[bool] = False
+    # Usage is summed from the same subscription pages: both together cost one walk.
+    call_costs: ClassVar[CallCosts] = CallCosts(
+        organizations_per_page=PAGE_SIZE, usage=1, subscriptions=1, usage_and_subscriptions=1
+    )
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
