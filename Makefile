@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format schema sandbox clean redis-server bench
+.PHONY: install run test lint format schema sandbox clean redis-server bench conformance-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,24 @@ redis-server:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
-test: install lint redis-server
+# The GraphQL-over-HTTP conformance audits (tests/test_http_conformance.py) run graphql-http
+# under node, pinned by tests/conformance/package-lock.json. `npm ci` runs only when
+# node_modules is missing or older than the lock; npm comes from Debian/apt where missing.
+CONFORMANCE       := tests/conformance
+CONFORMANCE_STAMP := $(CONFORMANCE)/node_modules/.installed-stamp
+
+$(CONFORMANCE_STAMP): $(CONFORMANCE)/package.json $(CONFORMANCE)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "make: installing nodejs and npm for the GraphQL-over-HTTP conformance audits"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+	npm ci --prefix $(CONFORMANCE) --no-audit --no-fund --loglevel=error >/dev/null
+	touch $@
+
+conformance-deps: $(CONFORMANCE_STAMP)
+
+test: install lint redis-server conformance-deps
 	$(BIN)/pytest -q
 
 # Load and latency figures (bench/run.py); results go to bench/RESULTS.md. Not run by CI.
