@@ -1,18 +1,26 @@
-"""Running one GraphQL operation: cached parse + validation, then graphql-core execution.
+"""Running one GraphQL operation: cached parse + validation, a cost check, then graphql-core.
 
 The schema is built by strawberry, but each request goes straight to graphql-core: strawberry's
 per-request extension runner is the largest fixed cost of a small query, and nothing here needs
-it. Parsing and validation results are kept per document text in a bounded LRU, with the cost
-limits (depth, tokens, introspection) applied once when a document is first seen.
+it. Parsing and validation results are kept per document text in an LRU bounded by count and by
+estimated bytes, with the limits of ``gateway.limits`` applied once when a document is first
+seen: its length before parsing, then depth, aliases and selections, and only when those pass
+graphql-core's specified rules (which are far costlier on the documents those limits refuse).
+
+Before anything runs, the operation's static estimate of upstream calls is checked against
+``max_upstream_calls``; the estimate is cached per document and, when it depends on variables
+(``first``, ``providers``, ``provider``, ``after``), per distinct value of those.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
 
 from graphql import (
     DocumentNode,
@@ -21,6 +29,8 @@ from graphql import (
     GraphQLSchema,
     NoSchemaIntrospectionCustomRule,
     OperationType,
+    Token,
+    TokenKind,
     execute,
     get_operation_ast,
     parse,
@@ -29,15 +39,57 @@ from graphql import (
 )
 
 from gateway.errors import ErrorCode
-from gateway.limits import max_depth_rule
+from gateway.limits import (
+    check_document,
+    check_query_bytes,
+    cost_variable_key,
+    cost_variables,
+    estimate_upstream_calls,
+    too_complex,
+)
+from providers.base import CallCosts, ProviderName
 
 __all__ = ["Executor", "PreparedOperation"]
 
+# Rough memory of a parsed document, measured with tracemalloc on graphql-core 3.3 (CPython 3.11,
+# locations kept): 400-600 bytes per token (the token, its AST node, Location and name string),
+# about 250 per comment token (comments are not AST nodes, but stay linked in the token chain),
+# plus copies of string and comment values (at most the text again). A 330-byte dashboard query
+# holds ~30 KB, 46 bytes ~8 KB, 100 KB of '#' lines ~9.6 MB: relative to its text an AST weighs
+# 1x (one long comment) to 170x (tiny queries), so text length alone cannot bound the cache.
+_BYTES_PER_TOKEN: Final = 600
+_BYTES_PER_COMMENT: Final = 250
+_ERROR_ENTRY_BYTES: Final = 2_000  # a parse error and its Source, without a document
 
-@dataclass(frozen=True, slots=True)
+_COST_KEYS_PER_DOCUMENT: Final = 16
+"""Estimates kept per document for distinct cost-variable values: a client pages with a few
+``first`` values; beyond that the walk (linear, a few microseconds) is simply redone."""
+
+
+def _entry_bytes(query: str, document: DocumentNode | None) -> int:
+    size = sys.getsizeof(query)  # the key, shared with the document's Source
+    if document is None or document.loc is None:
+        return size + _ERROR_ENTRY_BYTES
+    size += len(query)  # token values (names, strings, comments) are copies of the text
+    token: Token | None = document.loc.start_token
+    while token is not None:
+        size += _BYTES_PER_COMMENT if token.kind is TokenKind.COMMENT else _BYTES_PER_TOKEN
+        token = token.next
+    return size
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class PreparedOperation:
+    """A parsed and validated document (or the errors that stop it), as cached."""
+
     document: DocumentNode | None
     errors: tuple[GraphQLError, ...]
+    size: int = 0
+    """Estimated bytes this cache entry holds (text plus AST)."""
+    cost_variables: frozenset[str] = frozenset()
+    """Variables the upstream-call estimate depends on."""
+    estimates: dict[Hashable, int] = field(default_factory=dict, repr=False)
+    """Estimates by (operation name, cost-variable values); at most ``_COST_KEYS_PER_DOCUMENT``."""
 
     def operation_type(self, operation_name: str | None) -> OperationType | None:
         if self.document is None:
@@ -47,27 +99,64 @@ class PreparedOperation:
 
 
 class Executor:
+    """Prepares (parse + limits + validation, cached) and executes operations on one schema.
+
+    ``max_selections`` bounds the document's fields, inline fragments and fragment spreads once
+    every spread is expanded. It is what keeps graphql-core's OverlappingFieldsCanBeMergedRule
+    cheap: that rule compares fields pairwise, so 300 repeated ``providers { provider }`` took
+    ~200 ms and 500 ended in "Validation aborted."; at 300 selections the worst documents
+    measured validate in ~40 ms, and an everyday dashboard query has 30 to 60 (GraphiQL's
+    introspection query ~170)."""
+
     # 1000 distinct documents: a real client fleet sends tens to hundreds; the bound stops an
     # attacker sending unique queries from growing memory without limit.
     CACHE_SIZE = 1000
+    # 64 MiB: about 1000 everyday documents (30-60 KB each with their AST), but only a few
+    # dozen large ones: 2000 tokens of aliases or a comment-stuffed 100 KB text holds 1-10 MB.
+    CACHE_BYTES = 64 * 1024 * 1024
+    MAX_SELECTIONS = 300
 
     def __init__(
         self,
         schema: GraphQLSchema,
         *,
-        max_depth: int,
-        max_tokens: int,
-        introspection: bool,
+        max_depth: int = 12,
+        max_tokens: int = 2000,
+        max_aliases: int = 30,
+        max_selections: int = MAX_SELECTIONS,
+        max_query_bytes: int = 100_000,
+        max_upstream_calls: int = 50,
+        introspection: bool = True,
+        call_costs: Mapping[ProviderName, CallCosts] = MappingProxyType({}),
+        cache_size: int = CACHE_SIZE,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.schema = schema
+        self.max_depth = max_depth
         self.max_tokens = max_tokens
-        rules: list[Any] = [*specified_rules, max_depth_rule(max_depth)]
+        self.max_aliases = max_aliases
+        self.max_selections = max_selections
+        self.max_query_bytes = max_query_bytes
+        self.max_upstream_calls = max_upstream_calls
+        self.call_costs: Mapping[ProviderName, CallCosts] = dict(call_costs)
+        # Suggestions ("Did you mean 'organizations'?") reveal the schema piecemeal: they go
+        # wherever introspection goes.
+        self.hide_suggestions = not introspection
+        rules: list[Any] = list(specified_rules)
         if not introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
         self.rules: Sequence[Any] = tuple(rules)
+        self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        # Larger entries are not kept: one would evict hundreds of everyday documents, and a
+        # document that large is rare enough to parse again.
+        self.max_entry_bytes = cache_bytes // 8
         self._prepared: OrderedDict[str, PreparedOperation] = OrderedDict()
+        self.cached_bytes = 0
         self.hits = 0
         self.misses = 0
+
+    # ---------------------------------------------------------------- preparing
 
     def prepare(self, query: str) -> PreparedOperation:
         prepared = self._prepared.get(query)
@@ -76,19 +165,93 @@ class Executor:
             self.hits += 1
             return prepared
         self.misses += 1
+        too_long = check_query_bytes(query, self.max_query_bytes)
+        if too_long is not None:
+            # Not cached: refusing again costs less than remembering a huge text.
+            return PreparedOperation(None, (too_long,))
         try:
             document = parse(query, max_tokens=self.max_tokens)
         except GraphQLError as error:
             if "tokens. Parsing aborted" in error.message:
                 error.extensions = {"code": ErrorCode.QUERY_TOO_COMPLEX.value}
-            prepared = PreparedOperation(None, (error,))
+            prepared = PreparedOperation(None, (error,), size=_entry_bytes(query, None))
         else:
-            errors = validate(self.schema, document, self.rules)
-            prepared = PreparedOperation(document, tuple(errors))
-        self._prepared[query] = prepared
-        if len(self._prepared) > self.CACHE_SIZE:
-            self._prepared.popitem(last=False)
+            errors = check_document(
+                document,
+                max_depth=self.max_depth,
+                max_aliases=self.max_aliases,
+                max_selections=self.max_selections,
+            )
+            # The specified rules only see documents our linear limits let through.
+            if not errors:
+                errors = validate(
+                    self.schema, document, self.rules, hide_suggestions=self.hide_suggestions
+                )
+            prepared = PreparedOperation(
+                document,
+                tuple(errors),
+                size=_entry_bytes(query, document),
+                cost_variables=frozenset() if errors else cost_variables(document),
+            )
+        self._store(query, prepared)
         return prepared
+
+    def _store(self, query: str, prepared: PreparedOperation) -> None:
+        if prepared.size > self.max_entry_bytes:
+            return
+        self._prepared[query] = prepared
+        self.cached_bytes += prepared.size
+        while len(self._prepared) > self.cache_size or self.cached_bytes > self.cache_bytes:
+            _, evicted = self._prepared.popitem(last=False)
+            self.cached_bytes -= evicted.size
+
+    # ---------------------------------------------------------------- cost
+
+    def estimate(
+        self,
+        prepared: PreparedOperation,
+        operation_name: str | None,
+        variables: Mapping[str, Any] | None,
+    ) -> int:
+        """The operation's upstream-call estimate (0 for a document that cannot run)."""
+        if prepared.document is None or prepared.errors:
+            return 0
+        key = (operation_name, cost_variable_key(prepared.cost_variables, variables))
+        estimates = prepared.estimates
+        estimate = estimates.get(key)
+        if estimate is None:
+            estimate = estimate_upstream_calls(
+                prepared.document, operation_name, variables, self.call_costs
+            )
+            if len(estimates) >= _COST_KEYS_PER_DOCUMENT:
+                del estimates[next(iter(estimates))]
+            estimates[key] = estimate
+        return estimate
+
+    def upstream_cost(
+        self,
+        prepared: PreparedOperation,
+        operation_name: str | None,
+        variables: Mapping[str, Any] | None,
+    ) -> tuple[int, GraphQLError | None]:
+        """The estimate, and the QUERY_TOO_COMPLEX error when it is over ``max_upstream_calls``."""
+        estimate = self.estimate(prepared, operation_name, variables)
+        if estimate <= self.max_upstream_calls:
+            return estimate, None
+        assert prepared.document is not None  # a document that cannot run estimates 0
+        operation = get_operation_ast(prepared.document, operation_name)
+        label = operation.name.value if operation and operation.name else "anonymous"
+        return estimate, too_complex(
+            f"Operation '{label}' may make {estimate} upstream calls; "
+            f"the limit is {self.max_upstream_calls}",
+            operation,
+        )
+
+    def cost_extension(self, estimate: int) -> dict[str, int]:
+        """What a response can report of the estimate (e.g. as ``extensions.cost``)."""
+        return {"upstreamCalls": estimate, "maxUpstreamCalls": self.max_upstream_calls}
+
+    # ---------------------------------------------------------------- executing
 
     async def execute(
         self,
@@ -98,16 +261,25 @@ class Executor:
         variables: dict[str, Any] | None,
         operation_name: str | None,
     ) -> ExecutionResult:
+        """Run the operation; over ``max_upstream_calls`` nothing runs and the result has the
+        error and no data. ``result.extensions["cost"]`` holds ``cost_extension`` of the
+        estimate whenever the document could run (the HTTP layer decides what to show)."""
         if prepared.errors or prepared.document is None:
             return ExecutionResult(data=None, errors=list(prepared.errors))
+        estimate, refusal = self.upstream_cost(prepared, operation_name, variables)
+        cost = {"cost": self.cost_extension(estimate)}
+        if refusal is not None:
+            return ExecutionResult(data=None, errors=[refusal], extensions=cost)
         result = execute(
             self.schema,
             prepared.document,
             context_value=context,
             variable_values=variables,
             operation_name=operation_name,
+            hide_suggestions=self.hide_suggestions,
         )
         if inspect.isawaitable(result):
             result = await result
         assert isinstance(result, ExecutionResult)
+        result.extensions = {**(result.extensions or {}), **cost}
         return result
