@@ -5,11 +5,16 @@ own routes, each sandbox mounts a small control surface under ``/__sandbox/`` th
 benchmarks use over HTTP (never the gateway):
 
 * ``POST /__sandbox/faults`` with JSON ``{"status": 503, "body": "<raw text>", "content_type":
-  "text/html", "delay_ms": 100, "times": 2, "path_prefix": "/v1/organizations"}`` makes the next
-  ``times`` (default: all) matching requests fail or slow down. Without ``body`` the error body is
-  the provider's own error shape. ``DELETE /__sandbox/faults`` clears them.
-* ``GET /__sandbox/requests`` lists the upstream requests served (method, path, query);
-  ``DELETE /__sandbox/requests`` clears the log.
+  "text/html", "headers": {"Retry-After": "7"}, "delay_ms": 100, "hold": true, "times": 2,
+  "path_prefix": "/v1/organizations"}`` makes the next ``times`` (default: all) matching requests
+  fail, answer ``body``, or slow down. Without ``body`` the error body is the provider's own error
+  shape. ``DELETE /__sandbox/faults`` clears them.
+* ``hold`` is the deterministic way to be slow: a held request waits, without a timer, until
+  ``POST /__sandbox/release`` (then the rest of its fault, if any, applies). ``GET
+  /__sandbox/held?at_least=N`` answers once N requests are held (``{"held": n}``; 408 after
+  ``timeout`` seconds, default 10), so a test knows a request is in flight before it acts.
+* ``GET /__sandbox/requests`` lists the newest upstream requests served (method, path, query;
+  at most ``REQUEST_LOG_LIMIT``); ``DELETE /__sandbox/requests`` clears the log.
 
 Data is generated from ``SandboxOptions.seed`` and ``orgs`` only, so two runs agree.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import string
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "EPOCH",
+    "REQUEST_LOG_LIMIT",
     "Fault",
     "SandboxOptions",
     "SandboxState",
@@ -47,6 +54,15 @@ __all__ = [
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 """All generated timestamps are offsets from this instant, so data is reproducible."""
+
+REQUEST_LOG_LIMIT = 10_000
+"""Entries the request log keeps (the newest). Tests clear the log and read back a handful of
+requests; the bound is for long-running sandboxes (``orggraph`` demo mode, benchmarks at
+thousands of requests per second), whose log would otherwise grow for as long as they run.
+10 000 entries of three short strings are a few MB at most."""
+
+_HELD_WAIT_SECONDS = 10.0
+"""Default of ``GET /__sandbox/held``'s ``timeout``: far above any test's need, and a bound."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +83,11 @@ class Fault:
     status: int | None = None
     body: str | None = None
     content_type: str = "application/json"
+    headers: dict[str, str] | None = None
+    """Extra response headers of an injected answer (``status`` or ``body``)."""
     delay_ms: int = 0
+    hold: bool = False
+    """Wait for ``POST /__sandbox/release`` before anything else (see the module docstring)."""
     times: int | None = None
     path_prefix: str | None = None
 
@@ -77,11 +97,49 @@ ErrorResponder = Callable[[int, str], Response]
 
 @dataclass(slots=True)
 class SandboxState:
-    """Mutable state of one sandbox app: faults and the request log."""
+    """Mutable state of one sandbox app: faults, the request log and held requests."""
 
     error_response: ErrorResponder
+    request_log_limit: int = REQUEST_LOG_LIMIT
     faults: list[Fault] = field(default_factory=list)
-    requests: list[dict[str, str]] = field(default_factory=list)
+    requests: deque[dict[str, str]] = field(init=False)
+    held: int = 0
+    """Requests waiting on ``release`` right now."""
+    _release: asyncio.Event | None = None
+    _held_changed: asyncio.Condition | None = None
+
+    def __post_init__(self) -> None:
+        self.requests = deque(maxlen=self.request_log_limit)
+
+    def held_changed(self) -> asyncio.Condition:
+        # Created on first use: asyncio primitives belong to the loop that serves the app.
+        if self._held_changed is None:
+            self._held_changed = asyncio.Condition()
+        return self._held_changed
+
+    async def hold(self) -> None:
+        """Wait until the next ``release``."""
+        if self._release is None:
+            self._release = asyncio.Event()
+        release = self._release
+        changed = self.held_changed()
+        async with changed:
+            self.held += 1
+            changed.notify_all()
+        try:
+            await release.wait()
+        finally:
+            async with changed:
+                self.held -= 1
+                changed.notify_all()
+
+    def release(self) -> int:
+        """Let every held request go on; later holds wait for the next release."""
+        released, event = self.held, self._release
+        self._release = None
+        if event is not None:
+            event.set()
+        return released
 
 
 class _Control:
@@ -105,26 +163,35 @@ class _Control:
         )
         fault = self._take_fault(path)
         if fault is not None:
+            if fault.hold:
+                await self.state.hold()
             if fault.delay_ms:
                 await asyncio.sleep(fault.delay_ms / 1000)
-            if fault.status is not None:
-                response: Response
-                if fault.body is not None:
-                    response = Response(
-                        fault.body, status_code=fault.status, media_type=fault.content_type
-                    )
-                else:
-                    response = self.state.error_response(fault.status, "injected fault")
-                if fault.status == 429:
-                    response.headers["Retry-After"] = "1"
+            response = self._injected(fault)
+            if response is not None:
                 await response(scope, receive, send)
                 return
-            if fault.body is not None:
-                await Response(fault.body, status_code=200, media_type=fault.content_type)(
-                    scope, receive, send
-                )
-                return
         await self.app(scope, receive, send)
+
+    def _injected(self, fault: Fault) -> Response | None:
+        """The answer a fault puts in place of the real one; None lets the request through."""
+        response: Response
+        if fault.status is not None:
+            if fault.body is not None:
+                response = Response(
+                    fault.body, status_code=fault.status, media_type=fault.content_type
+                )
+            else:
+                response = self.state.error_response(fault.status, "injected fault")
+            if fault.status == 429:
+                response.headers["Retry-After"] = "1"
+        elif fault.body is not None:
+            response = Response(fault.body, status_code=200, media_type=fault.content_type)
+        else:
+            return None
+        for name, value in (fault.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     def _take_fault(self, path: str) -> Fault | None:
         for fault in self.state.faults:
@@ -153,17 +220,39 @@ def _control_routes(state: SandboxState) -> list[BaseRoute]:
         return JSONResponse({"faults": 0})
 
     async def list_requests(request: Request) -> Response:
-        return JSONResponse({"requests": state.requests})
+        return JSONResponse({"requests": list(state.requests)})
 
     async def clear_requests(request: Request) -> Response:
         state.requests.clear()
         return JSONResponse({"requests": []})
+
+    async def held(request: Request) -> Response:
+        try:
+            at_least = int(request.query_params.get("at_least", "0"))
+            timeout = float(request.query_params.get("timeout", _HELD_WAIT_SECONDS))
+        except ValueError:
+            return JSONResponse({"error": "at_least and timeout must be numbers"}, 400)
+        changed = state.held_changed()
+        async with changed:
+            try:
+                await asyncio.wait_for(
+                    changed.wait_for(lambda: state.held >= at_least),
+                    timeout=min(max(timeout, 0.0), _HELD_WAIT_SECONDS),
+                )
+            except TimeoutError:
+                return JSONResponse({"held": state.held}, 408)
+            return JSONResponse({"held": state.held})
+
+    async def release(request: Request) -> Response:
+        return JSONResponse({"released": state.release()})
 
     return [
         Route("/__sandbox/faults", set_fault, methods=["POST"]),
         Route("/__sandbox/faults", clear_faults, methods=["DELETE"]),
         Route("/__sandbox/requests", list_requests, methods=["GET"]),
         Route("/__sandbox/requests", clear_requests, methods=["DELETE"]),
+        Route("/__sandbox/held", held, methods=["GET"]),
+        Route("/__sandbox/release", release, methods=["POST"]),
     ]
 
 
@@ -173,12 +262,14 @@ def build_sandbox_app(
     error_response: ErrorResponder,
     exception_handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]]
     | None = None,
+    request_log_limit: int = REQUEST_LOG_LIMIT,
 ) -> Starlette:
     """A Starlette app with the provider's ``routes`` plus the ``/__sandbox/`` control surface.
 
     ``error_response(status, message)`` renders the provider's own error body; it is used for
-    injected faults and should also be used by the provider's routes and 404/405 handlers."""
-    state = SandboxState(error_response=error_response)
+    injected faults and should also be used by the provider's routes and 404/405 handlers.
+    ``request_log_limit`` bounds the request log (the newest entries are kept)."""
+    state = SandboxState(error_response=error_response, request_log_limit=request_log_limit)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
