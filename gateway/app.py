@@ -2,8 +2,10 @@
 
 ``create_app(settings)`` serves a configured deployment; ``create_app(None)`` is demo mode, which
 starts the five provider sandboxes in-process on loopback ports and serves an open demo tenant over
-them. The transport rules follow GraphQL-over-HTTP: JSON bodies, queries (not mutations) over GET,
-``Authorization: Bearer <gateway key>`` to pick the tenant.
+them (and, since that tenant needs no key, answers only requests whose ``Host`` names loopback, so
+a web page cannot reach it through DNS rebinding). The transport rules (``gateway.transport``)
+follow GraphQL-over-HTTP; ``Authorization: Bearer <gateway key>`` picks the tenant, whose rate
+limit is checked before anything else is done for it.
 """
 
 from __future__ import annotations
@@ -12,41 +14,60 @@ import contextlib
 import functools
 import gc
 import hashlib
+import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from graphql import GraphQLError, OperationType
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.cache import CacheLayer, build_cache, request_key
-from gateway.demo import DemoOptions, running_demo
 from gateway.errors import ErrorCode, GatewayError, format_error
 from gateway.execution import Executor
+from gateway.ids import CursorSigner
+from gateway.ratelimit import TenantRateLimiter, build_rate_limiter
 from gateway.schema import RequestContext, build_schema
 from gateway.settings import Settings
 from gateway.tenancy import TenantDirectory
+from gateway.transport import (
+    GRAPHQL_RESPONSE_JSON,
+    NOT_ACCEPTABLE,
+    RequestRejected,
+    error_body,
+    negotiate,
+    read_params,
+)
 from gateway.upstreams import Upstreams
 from providers.base import call_memo
+
+if TYPE_CHECKING:
+    from gateway.demo import DemoOptions
 
 __all__ = ["Runtime", "create_app"]
 
 logger = logging.getLogger("orggraph.app")
 
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_BODY_BYTES = 1_000_000  # far above any sane query; stops memory abuse before parsing
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Whether a cacheable query was answered from the whole-response cache (for operators).
 _CACHE_HIT = {"X-OrgGraph-Cache": "hit"}
 _CACHE_MISS = {"X-OrgGraph-Cache": "miss"}
+# Answers depend on the caller's key, and on Accept for their media type.
+_VARY = "Authorization, Accept"
+_NO_STORE = {"Cache-Control": "private, no-store", "Vary": _VARY}
 
 
 @dataclass(slots=True)
@@ -56,21 +77,50 @@ class Runtime:
     upstreams: Upstreams
     tenants: TenantDirectory
     cache: CacheLayer
+    cursors: CursorSigner
+    rate_limiter: TenantRateLimiter
+
+
+def _cache_key_secret(settings: Settings) -> bytes:
+    """The key of the keyed credential ids in shared cache keys: the cursor secret when set,
+    else one derived from every credential the config holds. Replicas with one config agree
+    on it; whoever reads the shared Redis has none of those secrets."""
+    if settings.server.cursor_secret:
+        return settings.server.cursor_secret.encode()
+    digest = hashlib.sha256(b"orggraph cache key")
+    for tenant in settings.tenants:
+        for provider in sorted(tenant.credentials, key=lambda p: p.value):
+            for value in tenant.credentials[provider].secrets():
+                digest.update(value.encode())
+                digest.update(b"\0")
+    return digest.digest()
 
 
 def build_runtime(settings: Settings) -> Runtime:
     server = settings.server
+    upstreams = Upstreams(settings.providers)
     return Runtime(
         settings=settings,
         executor=Executor(
             build_schema()._schema,
             max_depth=server.max_depth,
             max_tokens=server.max_tokens,
+            max_aliases=server.max_aliases,
+            max_query_bytes=server.max_query_bytes,
+            max_upstream_calls=server.max_upstream_calls,
             introspection=server.introspection,
+            call_costs=upstreams.call_costs(),
         ),
-        upstreams=Upstreams(settings.providers),
+        upstreams=upstreams,
         tenants=TenantDirectory(settings.tenants),
-        cache=build_cache(settings.cache, settings.provider_ttls),
+        cache=build_cache(
+            settings.cache,
+            settings.provider_ttls,
+            key_secret=_cache_key_secret(settings),
+            observer=upstreams.record_call,
+        ),
+        cursors=CursorSigner(server.cursor_secret),
+        rate_limiter=build_rate_limiter(settings.tenants, settings.cache),
     )
 
 
@@ -93,10 +143,18 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-def _request_error(code: ErrorCode, message: str, status: int) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="orggraph"'} if status == 401 else None
-    return _json(
-        {"errors": [{"message": message, "extensions": {"code": code.value}}]}, status, headers
+def _reject(exc: RequestRejected, media_type: str = "application/json") -> Response:
+    headers = {**_NO_STORE, **exc.headers}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="orggraph"'
+    extensions: dict[str, Any] = {}
+    if exc.code is ErrorCode.RATE_LIMITED and "Retry-After" in exc.headers:
+        extensions["retryAfter"] = int(exc.headers["Retry-After"])
+    return Response(
+        error_body(exc.code, exc.message, **extensions),
+        status_code=exc.status,
+        media_type=media_type,
+        headers=headers,
     )
 
 
@@ -110,44 +168,7 @@ def _graphiql_page(path: str) -> HTMLResponse:
     return HTMLResponse(html.replace("{{ENDPOINT}}", path))
 
 
-async def _read_params(request: Request) -> dict[str, Any] | Response:
-    if request.method == "GET":
-        params: dict[str, Any] = {
-            "query": request.query_params.get("query"),
-            "operationName": request.query_params.get("operationName"),
-        }
-        for key in ("variables", "extensions"):
-            raw = request.query_params.get(key)
-            if raw:
-                try:
-                    params[key] = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    return _request_error(
-                        ErrorCode.BAD_USER_INPUT, f"'{key}' is not valid JSON", 400
-                    )
-        return params
-
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in ("application/json", "application/graphql-response+json"):
-        return _request_error(ErrorCode.BAD_USER_INPUT, "POST bodies must be application/json", 415)
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        return _request_error(ErrorCode.BAD_USER_INPUT, "Request body too large", 413)
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return _request_error(ErrorCode.BAD_USER_INPUT, "Request body too large", 413)
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return _request_error(ErrorCode.BAD_USER_INPUT, "Request body is not valid JSON", 400)
-    if isinstance(parsed, list):
-        return _request_error(ErrorCode.BAD_USER_INPUT, "Batched requests are not supported", 400)
-    if not isinstance(parsed, dict):
-        return _request_error(ErrorCode.BAD_USER_INPUT, "Request body must be a JSON object", 400)
-    return parsed
-
-
-def _persisted_query_hash(extensions: Any) -> str | Response | None:
+def _persisted_query_hash(extensions: Any) -> str | None:
     """The APQ hash from ``extensions.persistedQuery`` (Apollo's protocol, version 1)."""
     if not isinstance(extensions, dict) or "persistedQuery" not in extensions:
         return None
@@ -158,12 +179,21 @@ def _persisted_query_hash(extensions: Any) -> str | Response | None:
         or not isinstance(persisted.get("sha256Hash"), str)
         or not _SHA256.match(persisted["sha256Hash"])
     ):
-        return _request_error(
+        raise RequestRejected(
             ErrorCode.BAD_USER_INPUT,
             "extensions.persistedQuery needs version 1 and a sha256Hash of 64 hex digits",
             400,
         )
     return str(persisted["sha256Hash"]).lower()
+
+
+def _cache_headers(max_age: float) -> dict[str, str]:
+    """A response the response cache may reuse may also be reused by the caller's own cache,
+    for as long; it is one tenant's, so never by a shared cache."""
+    seconds = int(max_age)
+    if seconds < 1:
+        return _NO_STORE
+    return {"Cache-Control": f"private, max-age={seconds}", "Vary": _VARY}
 
 
 async def graphql_endpoint(request: Request) -> Response:
@@ -176,82 +206,132 @@ async def graphql_endpoint(request: Request) -> Response:
     ):
         if runtime.settings.server.graphiql:
             return _graphiql_page(request.url.path)
-        return _request_error(ErrorCode.BAD_USER_INPUT, "GraphiQL is disabled", 404)
+        return _reject(RequestRejected(ErrorCode.NOT_FOUND, "GraphiQL is disabled", 404))
 
+    media_type = negotiate(request.headers.get("accept"))
+    if media_type == NOT_ACCEPTABLE:
+        return _reject(
+            RequestRejected(
+                ErrorCode.BAD_USER_INPUT,
+                f"Accept must allow {GRAPHQL_RESPONSE_JSON} or application/json",
+                406,
+            )
+        )
+    try:
+        return await _serve_graphql(request, runtime, media_type)
+    except RequestRejected as exc:
+        return _reject(exc, media_type)
+
+
+async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) -> Response:
+    server = runtime.settings.server
+    # Under graphql-response+json, a request that never reaches execution answers 4xx; under
+    # application/json such answers stay 200 for the clients written before the spec.
+    request_error_status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
     try:
         tenant = runtime.tenants.authenticate(request.headers.get("authorization"))
     except GatewayError as exc:
-        return _request_error(exc.code, exc.message, 401)
+        raise RequestRejected(exc.code, exc.message, 401) from None
 
-    params = await _read_params(request)
-    if isinstance(params, Response):
-        return params
-    query = params.get("query")
-    variables = params.get("variables")
-    operation_name = params.get("operationName")
-    if query is not None and not isinstance(query, str):
-        return _request_error(ErrorCode.BAD_USER_INPUT, "'query' must be a string", 400)
-    if variables is not None and not isinstance(variables, dict):
-        return _request_error(ErrorCode.BAD_USER_INPUT, "'variables' must be an object", 400)
-    if operation_name is not None and not isinstance(operation_name, str):
-        return _request_error(ErrorCode.BAD_USER_INPUT, "'operationName' must be a string", 400)
+    decision = await runtime.rate_limiter.hit(tenant.name)
+    if not decision.allowed:
+        raise RequestRejected(
+            ErrorCode.RATE_LIMITED,
+            f"Rate limit exceeded for this API key; retry in {decision.retry_after} s",
+            429,
+            headers={"Retry-After": str(decision.retry_after)},
+        )
 
+    params = await read_params(request, max_body_bytes=server.max_body_bytes)
+    query, variables, operation_name = params.query, params.variables, params.operation_name
     cache = runtime.cache
-    persisted = _persisted_query_hash(params.get("extensions"))
-    if isinstance(persisted, Response):
-        return persisted
+    executor = runtime.executor
+    persisted = _persisted_query_hash(params.extensions)
+    register = False
     if persisted is not None:
         if query:
-            if hashlib.sha256(query.encode()).hexdigest() != persisted:
-                return _request_error(
+            if hashlib.sha256(query.encode("utf-8", "surrogatepass")).hexdigest() != persisted:
+                raise RequestRejected(
                     ErrorCode.BAD_USER_INPUT, "provided sha does not match query", 400
                 )
-            await cache.persist_query(persisted, query)
+            register = True  # once the document has parsed and validated
         else:
             query = await cache.persisted_query(persisted)
             if query is None:
                 # Apollo clients look for this message and code, then resend with the query.
-                return _json(
-                    {
-                        "errors": [
-                            {
-                                "message": "PersistedQueryNotFound",
-                                "extensions": {"code": "PERSISTED_QUERY_NOT_FOUND"},
-                            }
-                        ]
-                    }
+                return Response(
+                    error_body("PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound"),
+                    media_type=media_type,
+                    headers=_NO_STORE,
                 )
     if not query or not query.strip():
-        return _request_error(ErrorCode.BAD_USER_INPUT, "No GraphQL query was sent", 400)
+        raise RequestRejected(ErrorCode.BAD_USER_INPUT, "No GraphQL query was sent", 400)
 
+    want_cost = bool(params.extensions and params.extensions.get("cost") is True)
     # Only query results are ever stored, so a stored answer for this key needs no parsing,
     # validation or operation check to be served again.
     cache_key: str | None = None
-    if cache.response_cache_enabled:
+    if cache.response_cache_enabled and not want_cost and not register:
         cache_key = request_key(tenant.name, query, operation_name, variables)
-        body = await cache.get_response(cache_key)
-        if body is not None:
-            return Response(body, media_type="application/json", headers=_CACHE_HIT)
+        hit = await cache.get_response(cache_key)
+        if hit is not None:
+            body, fresh_for = hit
+            return Response(
+                body,
+                media_type=media_type,
+                headers={**_CACHE_HIT, **_cache_headers(fresh_for)},
+            )
 
-    executor = runtime.executor
     prepared = executor.prepare(query)
+    if prepared.errors or prepared.document is None:
+        hide = not server.introspection
+        rejected = {"errors": [format_error(e, hide_suggestions=hide) for e in prepared.errors]}
+        return Response(
+            orjson.dumps(rejected),
+            status_code=request_error_status,
+            media_type=media_type,
+            headers=_NO_STORE,
+        )
+    if register:
+        await cache.persist_query(persisted or "", query)
     operation = prepared.operation_type(operation_name)
-    if prepared.document is not None and not prepared.errors and operation is None:
-        return _request_error(
+    if operation is None:
+        raise RequestRejected(
             ErrorCode.BAD_USER_INPUT,
             "operationName does not name one operation of the document"
             if operation_name
             else "The document has several operations: send operationName",
             400,
         )
-    if operation is not None and operation is not OperationType.QUERY and request.method == "GET":
-        return _request_error(ErrorCode.BAD_USER_INPUT, "Mutations must be sent with POST", 405)
-
+    if operation is not OperationType.QUERY and request.method != "POST":
+        raise RequestRejected(
+            ErrorCode.BAD_USER_INPUT,
+            f"{operation.value.capitalize()}s must be sent with POST",
+            405,
+            headers={"Allow": "POST"},
+        )
     if operation is not OperationType.QUERY:
-        cache_key = None  # mutations and unrunnable documents are never stored
+        cache_key = None  # mutations are never stored
+
+    cost, too_costly = executor.upstream_cost(prepared, operation_name, variables)
+    extensions: dict[str, Any] = {}
+    if want_cost:
+        extensions["cost"] = executor.cost_extension(cost)
+    if too_costly is not None:
+        refused: dict[str, Any] = {"errors": [format_error(too_costly)]}
+        if extensions:
+            refused["extensions"] = extensions
+        return Response(
+            orjson.dumps(refused),
+            status_code=request_error_status,
+            media_type=media_type,
+            headers=_NO_STORE,
+        )
 
     scope = cache.scope(tenant.name)
-    context = RequestContext(tenant=tenant, upstreams=runtime.upstreams, scope=scope)
+    context = RequestContext(
+        tenant=tenant, upstreams=runtime.upstreams, cursors=runtime.cursors, scope=scope
+    )
     token = call_memo.set(scope)
     try:
         result = await executor.execute(
@@ -263,37 +343,93 @@ async def graphql_endpoint(request: Request) -> Response:
     errors: list[GraphQLError] = list(result.errors or []) + context.errors
     payload: dict[str, Any] = {}
     if errors:
-        payload["errors"] = [format_error(e) for e in errors]
+        payload["errors"] = [
+            format_error(e, hide_suggestions=not server.introspection) for e in errors
+        ]
     # Spec: "data" is present (maybe null) once execution started, absent when the request
-    # failed parsing or validation; only execution errors have a path.
-    if result.data is not None or not errors or any(e.path for e in errors):
+    # failed before it (variables that do not coerce, say); only execution errors have a path.
+    started = result.data is not None or not errors or any(e.path for e in errors)
+    if started:
         payload["data"] = result.data
     stale = scope.stale_reads()
     if stale:
-        payload["extensions"] = {
-            "stale": [
-                {"provider": s.provider.value, "ageSeconds": round(s.age_seconds, 3)} for s in stale
-            ]
-        }
+        extensions["stale"] = [
+            {"provider": s.provider.value, "ageSeconds": round(s.age_seconds, 3)} for s in stale
+        ]
+    if extensions:
+        payload["extensions"] = extensions
     encoded = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    status = 200 if started else request_error_status
     if cache_key is None:
-        return Response(encoded, media_type="application/json")
-    if not errors:
-        ttl = scope.response_ttl()
-        if ttl > 0:
-            await cache.set_response(cache_key, encoded, scope.dependencies(), ttl)
-    return Response(encoded, media_type="application/json", headers=_CACHE_MISS)
+        return Response(encoded, status_code=status, media_type=media_type, headers=_NO_STORE)
+    ttl = scope.response_ttl() if not errors else 0.0
+    if ttl > 0:
+        await cache.set_response(cache_key, encoded, scope.dependencies(), ttl)
+    return Response(
+        encoded,
+        status_code=status,
+        media_type=media_type,
+        headers={**_CACHE_MISS, **_cache_headers(ttl)},
+    )
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     """Last resort for a bug outside any resolver: a GraphQL-shaped answer, never a bare 500
     or a stack trace; the details go to the log."""
     logger.error("unhandled error serving %s", request.url.path, exc_info=exc)
-    return _request_error(ErrorCode.INTERNAL, "Internal error", 500)
+    return _reject(RequestRejected(ErrorCode.INTERNAL, "Internal error", 500))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Routing answers (unknown path, method not allowed) in the same JSON shape, keeping the
+    headers Starlette set (``Allow`` on a 405)."""
+    assert isinstance(exc, HTTPException)
+    code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_USER_INPUT
+    return _reject(
+        RequestRejected(code, str(exc.detail), exc.status_code, headers=dict(exc.headers or {}))
+    )
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok"}, headers=_NO_STORE)
+
+
+def _is_loopback_host(host: str) -> bool:
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1]:8000
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackHostOnly:
+    """Demo mode's guard against DNS rebinding: a page on any site can make a browser send
+    requests to a name that resolves to 127.0.0.1, but its ``Host`` is then that name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            if not _is_loopback_host(host):
+                response = Response(
+                    error_body(
+                        ErrorCode.FORBIDDEN,
+                        "Demo mode answers only requests addressed to a loopback host name",
+                    ),
+                    status_code=403,
+                    media_type="application/json",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = None) -> Starlette:
@@ -304,6 +440,9 @@ def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = N
         async with contextlib.AsyncExitStack() as stack:
             effective = settings
             if effective is None:
+                # Imported here: the sandboxes are demo-mode code, not the serving path's.
+                from gateway.demo import DemoOptions, running_demo
+
                 effective = await stack.enter_async_context(running_demo(demo or DemoOptions()))
             runtime = build_runtime(effective)
             _tune_garbage_collector()
@@ -312,12 +451,28 @@ def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = N
             app.state.runtime = runtime
             yield
 
+    middleware: list[Middleware] = []
+    if settings is None or settings.demo:
+        middleware.append(Middleware(LoopbackHostOnly))
+    origins = settings.server.cors_origins if settings is not None else ()
+    if origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
+                expose_headers=["X-OrgGraph-Cache", "Retry-After"],
+                max_age=600,
+            )
+        )
     return Starlette(
         routes=[
-            Route("/graphql", graphql_endpoint, methods=["GET", "POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
+            Route("/graphql", graphql_endpoint, methods=["GET", "HEAD", "POST"]),
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
+        middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={Exception: internal_error},
+        exception_handlers={Exception: internal_error, HTTPException: http_error},
     )

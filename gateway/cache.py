@@ -7,22 +7,28 @@
   the request's own memo, a fresh cache entry, an identical read already in flight, upstream;
   and when upstream fails, a stale entry younger than ``stale_seconds``.
 
-Keys are ``og:u:<tenant>:<provider>:<credential fingerprint>:<generation>:<call digest>``: never
-shared across tenants or credentials. A mutation bumps the generation of its (provider,
-credentials), which orphans every entry made with the old one, in every process sharing Redis.
+Keys are ``og:u:<tenant>:<provider>:<credential id>:<generation>:<call digest>``: never shared
+across tenants or credentials. The credential id is an HMAC of the credentials' fingerprint under
+a deployment key (``cache_key_secret``), so whoever can read a shared Redis cannot test a guessed
+credential against it. A mutation bumps the generation of its (provider, credentials), which
+orphans every entry made with the old one, in every process sharing Redis.
+
+Persisted queries (APQ) are kept apart from upstream data: a byte-bounded LRU per process and,
+with Redis, one hash with a byte budget of its own, so registering documents can never evict
+another tenant's cached reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -35,13 +41,14 @@ from providers.base import (
     CallKey,
     CallMemo,
     ProviderName,
+    UpstreamError,
     UpstreamRateLimited,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 
-__all__ = ["CacheLayer", "RequestScope", "StaleRead", "build_cache"]
+__all__ = ["CacheLayer", "CallObserver", "RequestScope", "StaleRead", "build_cache"]
 
 logger = logging.getLogger("orggraph.cache")
 
@@ -49,8 +56,13 @@ logger = logging.getLogger("orggraph.cache")
 # Auth failures, 404s and rejected input are answers about the request and are never masked.
 _STALE_ON = (UpstreamTimeout, UpstreamUnavailable, UpstreamRateLimited, BadUpstreamResponse)
 
-APQ_TTL_SECONDS = 7 * 24 * 3600.0
-"""Persisted queries are immutable (keyed by their own hash); keep them a week."""
+APQ_LOCAL_BYTES = 8 * 1024 * 1024
+"""Per-process persisted-query store: a real client fleet's documents fit in a few hundred kB;
+8 MiB leaves room for thousands while bounding what unique registrations can pin."""
+APQ_SHARED_BYTES = 32 * 1024 * 1024
+"""Budget of the shared (Redis) persisted-query hash; past it, registrations stay local."""
+_APQ_HASH = "og:apq"
+_APQ_BYTES = "og:apq:bytes"
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,22 +175,15 @@ class CacheStore:
 
 
 def _redis_backend(url: str, *, timeout: float) -> Any:
+    import redis.asyncio as redis
     from aiocache import RedisCache
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("cache.url must be a redis:// or rediss:// URL")
-    db = parts.path.strip("/") or "0"
-    return RedisCache(
-        endpoint=parts.hostname or "127.0.0.1",
-        port=parts.port or 6379,
-        db=int(db),
-        password=parts.password,
-        ssl=parts.scheme == "rediss",
-        serializer=_OrjsonSerializer(),
-        timeout=timeout,
-        pool_max_size=64,
-    )
+    backend = RedisCache(serializer=_OrjsonSerializer(), timeout=timeout)
+    # redis-py parses the URL itself (username, password, db, TLS, socket options): the
+    # pool aiocache builds from host/port/password alone would drop an ACL username.
+    # It has not connected yet, so replacing it costs nothing.
+    backend.client = redis.from_url(url, decode_responses=False, max_connections=64)
+    return backend
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,15 +221,57 @@ class StaleRead:
 # --------------------------------------------------------------------------------------------
 
 
+class CallObserver(Protocol):
+    def __call__(
+        self, tenant: str, provider: ProviderName, seconds: float, error: UpstreamError | None
+    ) -> None: ...
+
+
+class _QueryStore:
+    """Persisted query texts by hash, least recently used evicted first, bounded by bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._queries: OrderedDict[str, str] = OrderedDict()
+        self._bytes = 0
+        self.max_bytes = max_bytes
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, sha256: str) -> str | None:
+        query = self._queries.get(sha256)
+        if query is not None:
+            self._queries.move_to_end(sha256)
+        return query
+
+    def put(self, sha256: str, query: str) -> None:
+        if sha256 in self._queries:
+            self._queries.move_to_end(sha256)
+            return
+        self._queries[sha256] = query
+        self._bytes += len(query)
+        while self._bytes > self.max_bytes and self._queries:
+            _, evicted = self._queries.popitem(last=False)
+            self._bytes -= len(evicted)
+
+
 class CacheLayer:
     def __init__(
         self,
         settings: CacheSettings,
         provider_ttls: Mapping[ProviderName, float],
         store: CacheStore,
+        *,
+        key_secret: bytes = b"",
+        observer: CallObserver | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.observer = observer
+        self._key_secret = hmac.new(key_secret, b"orggraph cache keys v1", hashlib.sha256).digest()
+        # fingerprint -> keyed id; one entry per distinct credential set the tenants use.
+        self._credential_ids: dict[str, str] = {}
         self._ttls = {p: provider_ttls.get(p, settings.ttl_seconds) for p in ProviderName}
         # Keyed by the cache key, or (tenant, CallKey) where nothing is cached.
         self._inflight: dict[Hashable, asyncio.Task[UpstreamResponse]] = {}
@@ -234,9 +281,7 @@ class CacheLayer:
         self._local_generations: dict[tuple[ProviderName, str], int] | None = (
             {} if settings.backend == "memory" else None
         )
-        # Persisted queries seen by this process: a small LRU in front of the shared store.
-        # 2048 documents covers any real client fleet's operations; beyond that is abuse.
-        self._apq_local: OrderedDict[str, str] = OrderedDict()
+        self._apq = _QueryStore(APQ_LOCAL_BYTES)
 
     @property
     def response_cache_enabled(self) -> bool:
@@ -247,6 +292,16 @@ class CacheLayer:
 
     def scope(self, tenant: str) -> RequestScope:
         return RequestScope(self, tenant)
+
+    def credential_id(self, fingerprint: str) -> str:
+        """The keyed stand-in for a credential fingerprint in every shared key."""
+        found = self._credential_ids.get(fingerprint)
+        if found is None:
+            if len(self._credential_ids) > 4096:  # far above any deployment's credential sets
+                self._credential_ids.clear()
+            found = hmac.new(self._key_secret, fingerprint.encode(), hashlib.sha256).hexdigest()
+            found = self._credential_ids[fingerprint] = found[:32]
+        return found
 
     async def close(self) -> None:
         await self.store.close()
@@ -296,7 +351,9 @@ class CacheLayer:
 
     # ------------------------------------------------------------------ whole responses
 
-    async def get_response(self, key: str) -> bytes | None:
+    async def get_response(self, key: str) -> tuple[bytes, float] | None:
+        """A stored response still valid for every generation it was built from, with the
+        seconds it stays fresh."""
         entry = await self.store.get(key)
         if not isinstance(entry, Mapping):
             return None
@@ -306,40 +363,79 @@ class CacheLayer:
             if any(g != now for (_, _, g), now in zip(deps, current, strict=True)):
                 return None
         body = entry.get("body")
-        return body.encode() if isinstance(body, str) else body
+        if isinstance(body, str):
+            body = body.encode()
+        if not isinstance(body, bytes):
+            return None
+        return body, max(0.0, float(entry.get("until", 0.0)) - time.time())
 
     async def set_response(
         self, key: str, body: bytes, deps: list[tuple[ProviderName, str, int]], ttl: float
     ) -> None:
         await self.store.set(
-            key, {"body": body, "deps": [(p.value, c, g) for p, c, g in deps]}, ttl
+            key,
+            {
+                "body": body,
+                "deps": [(p.value, c, g) for p, c, g in deps],
+                "until": time.time() + ttl,
+            },
+            ttl,
         )
 
     # ------------------------------------------------------------------ persisted queries
 
+    def _redis(self) -> Any | None:
+        """The redis-py client when the store is Redis (APQ uses a hash, which aiocache lacks)."""
+        if self.settings.backend != "redis":
+            return None
+        return getattr(self.store._backend, "client", None)
+
     async def persisted_query(self, sha256: str) -> str | None:
-        query = self._apq_local.get(sha256)
+        query = self._apq.get(sha256)
         if query is not None:
-            self._apq_local.move_to_end(sha256)
             return query
-        stored = await self.store.get(f"og:q:{sha256}")
-        if isinstance(stored, str):
-            self._remember_query(sha256, stored)
-            return stored
-        return None
+        client = self._redis()
+        if client is None:
+            return None
+        try:
+            stored = await asyncio.wait_for(
+                client.hget(_APQ_HASH, sha256), self.settings.redis_timeout_seconds
+            )
+        except Exception as exc:
+            self.store._failed("get", exc)
+            return None
+        if not isinstance(stored, bytes):
+            return None
+        text = stored.decode()
+        self._apq.put(sha256, text)
+        return text
 
     async def persist_query(self, sha256: str, query: str) -> None:
-        self._remember_query(sha256, query)
-        await self.store.set(f"og:q:{sha256}", query, APQ_TTL_SECONDS)
+        """Register a document that parsed and validated (the caller checks that first)."""
+        self._apq.put(sha256, query)
+        client = self._redis()
+        if client is None:
+            return
+        try:
+            used = await asyncio.wait_for(
+                client.incrby(_APQ_BYTES, len(query)), self.settings.redis_timeout_seconds
+            )
+            if int(used) > APQ_SHARED_BYTES:
+                await client.decrby(_APQ_BYTES, len(query))
+                return  # the shared budget is spent: this one stays in this process
+            if not await client.hsetnx(_APQ_HASH, sha256, query.encode()):
+                await client.decrby(_APQ_BYTES, len(query))  # already registered
+        except Exception as exc:
+            self.store._failed("set", exc)
 
-    def _remember_query(self, sha256: str, query: str) -> None:
-        self._apq_local[sha256] = query
-        self._apq_local.move_to_end(sha256)
-        while len(self._apq_local) > 2048:
-            self._apq_local.popitem(last=False)
 
-
-def build_cache(settings: CacheSettings, provider_ttls: Mapping[ProviderName, float]) -> CacheLayer:
+def build_cache(
+    settings: CacheSettings,
+    provider_ttls: Mapping[ProviderName, float],
+    *,
+    key_secret: bytes = b"",
+    observer: CallObserver | None = None,
+) -> CacheLayer:
     backend: Any | None
     if settings.backend == "memory":
         backend = _BoundedMemoryCache(settings.max_entries)
@@ -348,7 +444,13 @@ def build_cache(settings: CacheSettings, provider_ttls: Mapping[ProviderName, fl
         backend = _redis_backend(settings.url, timeout=settings.redis_timeout_seconds)
     else:
         backend = None
-    return CacheLayer(settings, provider_ttls, CacheStore(backend, name=settings.backend))
+    return CacheLayer(
+        settings,
+        provider_ttls,
+        CacheStore(backend, name=settings.backend),
+        key_secret=key_secret,
+        observer=observer,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,6 +478,18 @@ class RequestScope(CallMemo):
         self.used = _Used()
         self._generation_tasks: dict[tuple[ProviderName, str], asyncio.Task[list[int]]] = {}
 
+    def record_call(
+        self,
+        provider: ProviderName,
+        *,
+        seconds: float,
+        status: int | None,
+        error: UpstreamError | None,
+    ) -> None:
+        observer = self.layer.observer
+        if observer is not None:
+            observer(self.tenant, provider, seconds, error)
+
     async def _generation(self, provider: ProviderName, credentials: str) -> int:
         pair = (provider, credentials)
         local = self.layer.local_generation(provider, credentials)
@@ -394,10 +508,10 @@ class RequestScope(CallMemo):
         """The answer depends on something besides cached reads (health figures, a write)."""
         self.used.uncacheable = True
 
-    async def invalidate(self, provider: ProviderName, credentials: str) -> None:
+    async def invalidate(self, provider: ProviderName, fingerprint: str) -> None:
         self.mark_uncacheable()
         self.clear()
-        await self.layer.invalidate(provider, credentials)
+        await self.layer.invalidate(provider, self.layer.credential_id(fingerprint))
 
     def stale_reads(self) -> list[StaleRead]:
         return [StaleRead(p, age) for p, age in self.used.stale.items()]
@@ -422,9 +536,10 @@ class RequestScope(CallMemo):
             # Nothing to cache: still share one upstream request between concurrent callers.
             self.used.fresh_for = 0.0
             return await layer.coalesce((self.tenant, key), fetch)
-        generation = await self._generation(key.provider, key.credentials)
+        credential_id = layer.credential_id(key.credentials)
+        generation = await self._generation(key.provider, credential_id)
         cache_key = (
-            f"og:u:{self.tenant}:{key.provider.value}:{key.credentials}:{generation}:{key.digest()}"
+            f"og:u:{self.tenant}:{key.provider.value}:{credential_id}:{generation}:{key.digest()}"
         )
         entry: Mapping[str, Any] | None = None
         age = 0.0

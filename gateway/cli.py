@@ -1,11 +1,13 @@
-"""The ``orggraph`` command: ``serve``, ``schema`` and ``sandbox``."""
+"""The ``orggraph`` command: ``serve``, ``schema``, ``sandbox`` and ``key new``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -68,12 +70,20 @@ def _serve(args: argparse.Namespace) -> int:
 
     host = args.host or "127.0.0.1"
     port = args.port if args.port is not None else 8000
+    if not _is_loopback(host) and not args.demo:
+        print(
+            f"orggraph: refusing to serve demo mode (an open tenant, no API key) on {host}.\n"
+            "Give a config (--config FILE or $ORGGRAPH_CONFIG) for a network address, or\n"
+            "--demo to expose the demo on purpose.",
+            file=sys.stderr,
+        )
+        return 2
     options = DemoOptions(sandbox=SandboxOptions(orgs=args.orgs, seed=args.seed), host="127.0.0.1")
     print(
         "OrgGraph DEMO MODE: no config given, so the five provider sandboxes run in-process on\n"
         "loopback with generated data, and requests need no API key (an open 'demo' tenant).\n"
         "Never expose demo mode; pass --config FILE (or set ORGGRAPH_CONFIG) for real use.\n"
-        f"GraphiQL: http://{host}:{port}/graphql"
+        f"GraphiQL: http://{_url_host(host)}:{port}/graphql"
     )
     uvicorn.run(
         create_app(None, demo=options),
@@ -85,10 +95,39 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _schema(args: argparse.Namespace) -> int:
-    from gateway.schema import build_schema
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    sys.stdout.write(build_schema().as_str() + "\n")
+
+def _url_host(host: str) -> str:
+    """Where a browser on this machine reaches a server bound to ``host``: demo mode answers
+    only loopback names, and a wildcard address is no place to browse to."""
+    if host in ("0.0.0.0", "::", "[::]") or not _is_loopback(host):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _key_new(args: argparse.Namespace) -> int:
+    from gateway.tenancy import hash_api_key
+
+    key = "og_" + secrets.token_urlsafe(32)
+    print(f"key:    {key}")
+    print("config: (keep the key itself out of the config; the gateway stores only this hash)")
+    if args.tenant:
+        print(f"[tenants.{args.tenant}]")
+    print(f'api_keys = ["{hash_api_key(key)}"]')
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from gateway.schema import build_schema, print_sdl
+
+    sys.stdout.write(print_sdl(build_schema()))
     return 0
 
 
@@ -181,7 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--orgs", type=int, default=8, help="demo mode: organizations per sandbox")
     serve.add_argument("--seed", type=int, default=42, help="demo mode: data seed")
     serve.add_argument("-v", "--verbose", action="store_true", help="info logs and access log")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="allow demo mode (no config: an open tenant) on a non-loopback --host",
+    )
     serve.set_defaults(handler=_serve)
+
+    key = commands.add_parser("key", help="gateway API keys")
+    key_commands = key.add_subparsers(dest="key_command", required=True)
+    key_new = key_commands.add_parser("new", help="print a fresh random key and its config line")
+    key_new.add_argument("--tenant", help="also print the [tenants.NAME] header")
+    key_new.set_defaults(handler=_key_new)
 
     schema = commands.add_parser("schema", help="print the GraphQL SDL")
     schema.set_defaults(handler=_schema)

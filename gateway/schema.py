@@ -24,14 +24,13 @@ from strawberry.types.nodes import SelectedField, Selection
 from gateway.cache import RequestScope
 from gateway.errors import ErrorCode, GatewayError, upstream_graphql_error
 from gateway.ids import (
+    CursorSigner,
     NodeRef,
     OrganizationCursor,
     decode_index_cursor,
     decode_node_id,
-    decode_organization_cursor,
     encode_index_cursor,
     encode_node_id,
-    encode_organization_cursor,
 )
 from gateway.tenancy import Tenant
 from gateway.upstreams import Upstreams
@@ -51,7 +50,7 @@ from providers.base import (
     UsageUnit,
 )
 
-__all__ = ["MAX_PAGE_SIZE", "RequestContext", "build_schema"]
+__all__ = ["MAX_PAGE_SIZE", "RequestContext", "build_schema", "print_sdl"]
 
 MAX_PAGE_SIZE = 100
 """Largest ``first`` a connection accepts: bounds the work one request can ask for."""
@@ -75,6 +74,7 @@ class RequestContext:
 
     tenant: Tenant
     upstreams: Upstreams
+    cursors: CursorSigner
     scope: RequestScope | None = None
     errors: list[GraphQLError] = field(default_factory=list)
     prefetched: dict[tuple[str, ProviderName, str], asyncio.Future[Any]] = field(
@@ -179,7 +179,9 @@ class Node:
 class UsageMetric:
     key: str
     label: str
-    value: float
+    value: float | None = strawberry.field(
+        description="Null where the provider reports only an allowance (the limit)."
+    )
     limit: float | None
     unit: UsageUnitEnum  # type: ignore[valid-type]
 
@@ -392,12 +394,14 @@ class ProviderStatus:
         description="The gateway knows this provider and the tenant has credentials for it."
     )
     healthy: bool = strawberry.field(
-        description="False when the most recent calls to this provider all failed."
+        description="False when this tenant's most recent calls to this provider all failed."
     )
     circuit_state: CircuitState = strawberry.field(
         description="Circuit breaker state. No breaker is fitted yet, so always CLOSED."
     )
-    recent_calls: int
+    recent_calls: int = strawberry.field(
+        description="Upstream HTTP calls made for this tenant (the last 200; cache hits excluded)."
+    )
     recent_failures: int
     latency_p50_ms: float | None
     latency_p95_ms: float | None
@@ -469,7 +473,7 @@ async def resolve_organizations(
     start_cursor: str | None = None
     start_index = 0
     if after:
-        position = decode_organization_cursor(after)
+        position = ctx.cursors.decode_organization_cursor(ctx.tenant.name, after)
         if position.provider not in selected:
             raise GatewayError(
                 ErrorCode.BAD_USER_INPUT, "Cursor does not belong to this provider selection"
@@ -500,8 +504,8 @@ async def resolve_organizations(
                     ctx.prefetch(record, usage=want_usage, subscriptions=want_subscriptions)
                     edges.append(
                         OrganizationEdge(
-                            cursor=encode_organization_cursor(
-                                OrganizationCursor(provider, page_cursor, index)
+                            cursor=ctx.cursors.encode_organization_cursor(
+                                ctx.tenant.name, OrganizationCursor(provider, page_cursor, index)
                             ),
                             node=Organization.from_record(record),
                         )
@@ -539,7 +543,7 @@ async def resolve_organizations(
 async def _get_organization(
     ctx: RequestContext, info: Info, provider: ProviderName, provider_id: str
 ) -> OrganizationRecord | None:
-    if not provider_id or len(provider_id) > 512:
+    if not provider_id or len(provider_id) > 512 or not _encodable(provider_id):
         raise GatewayError(ErrorCode.BAD_USER_INPUT, "Invalid organization id")
     creds = ctx.credentials(provider)
     try:
@@ -547,6 +551,16 @@ async def _get_organization(
     except UpstreamNotFound as exc:
         ctx.add_upstream_error(exc, info)
         return None
+
+
+def _encodable(text: str) -> bool:
+    """False for text that cannot go into a URL: lone surrogates ("\\ud800") are valid in a
+    GraphQL string literal but have no UTF-8 form."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -617,7 +631,9 @@ class Query:
         out = []
         for provider in ProviderName:
             health = ctx.upstreams.health(
-                provider, has_credentials=ctx.tenant.credentials_for(provider) is not None
+                provider,
+                tenant=ctx.tenant.name,
+                has_credentials=ctx.tenant.credentials_for(provider) is not None,
             )
             out.append(
                 ProviderStatus(
@@ -673,6 +689,17 @@ class _Schema(strawberry.Schema):
         # Logging happens once, in gateway.errors.format_error, and only for unexpected errors:
         # upstream failures are expected and already reported to the client.
         return None
+
+
+def print_sdl(schema: strawberry.Schema) -> str:
+    """The SDL, opening with the schema definition: without it every SDL tool takes the billing
+    type ``Subscription`` for the subscription root (graphql-core omits the block whenever the
+    roots are named Query and Mutation)."""
+    core = schema._schema
+    roots = [f"  query: {core.query_type.name}"] if core.query_type else []
+    if core.mutation_type:
+        roots.append(f"  mutation: {core.mutation_type.name}")
+    return "schema {\n" + "\n".join(roots) + "\n}\n\n" + schema.as_str() + "\n"
 
 
 def build_schema(*, extensions: list[Any] | None = None) -> strawberry.Schema:

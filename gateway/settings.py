@@ -47,8 +47,22 @@ class ServerSettings:
     workers: int = 1
     graphiql: bool = True
     introspection: bool = True
+    """Also governs "Did you mean …" suggestions, which would reveal the schema piecemeal."""
     max_depth: int = 12
     max_tokens: int = 2000
+    max_aliases: int = 30
+    max_body_bytes: int = 1_000_000
+    """Largest request body (HTTP 413 above it), counted while it streams in."""
+    max_query_bytes: int = 100_000
+    """Largest GraphQL document: comments are not tokens, so ``max_tokens`` alone allows
+    megabytes of text."""
+    max_upstream_calls: int = 50
+    """Most upstream calls one operation may be estimated to make (QUERY_TOO_COMPLEX above)."""
+    cursor_secret: str | None = field(default=None, repr=False)
+    """HMAC key for pagination cursors; random per process when unset (cursors then do not
+    survive a restart, nor move between replicas)."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the API cross-origin; none by default."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +88,10 @@ class TenantSettings:
     credentials: Mapping[ProviderName, ProviderCredentials]
     open_access: bool = False
     """Demo mode only: the tenant answers requests without a key."""
+    rate_limit_per_minute: int | None = None
+    """Requests per minute over all of the tenant's keys; None: unlimited."""
+    burst: int | None = None
+    """Most requests in any one second (None: only the per-minute limit applies)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,24 +139,38 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
 
 
+_SERVER_KEYS: tuple[tuple[str, type], ...] = (
+    ("host", str),
+    ("port", int),
+    ("workers", int),
+    ("graphiql", bool),
+    ("introspection", bool),
+    ("max_depth", int),
+    ("max_tokens", int),
+    ("max_aliases", int),
+    ("max_body_bytes", int),
+    ("max_query_bytes", int),
+    ("max_upstream_calls", int),
+    ("cursor_secret", str),
+)
+_ORIGIN = re.compile(r"^https?://[^/\s]+$")
+
+
 def _server(table: Mapping[str, Any]) -> ServerSettings:
-    _check_keys(
-        table,
-        {"host", "port", "workers", "graphiql", "introspection", "max_depth", "max_tokens"},
-        "server",
-    )
+    _check_keys(table, {key for key, _ in _SERVER_KEYS} | {"cors_origins"}, "server")
     kwargs: dict[str, Any] = {}
-    for key, kind in (
-        ("host", str),
-        ("port", int),
-        ("workers", int),
-        ("graphiql", bool),
-        ("introspection", bool),
-        ("max_depth", int),
-        ("max_tokens", int),
-    ):
+    for key, kind in _SERVER_KEYS:
         if key in table:
             kwargs[key] = _typed(table, key, kind, "server")
+    if "cors_origins" in table:
+        origins = table["cors_origins"]
+        if not isinstance(origins, list) or not all(
+            isinstance(o, str) and (o == "*" or _ORIGIN.match(o)) for o in origins
+        ):
+            raise ConfigError(
+                'server.cors_origins must be a list of origins like "https://app.example.com"'
+            )
+        kwargs["cors_origins"] = tuple(o.rstrip("/") for o in origins)
     settings = ServerSettings(**kwargs)
     if not 0 <= settings.port <= 65535:
         raise ConfigError("server.port must be between 0 and 65535")
@@ -146,6 +178,14 @@ def _server(table: Mapping[str, Any]) -> ServerSettings:
         raise ConfigError("server.workers must be at least 1")
     if settings.max_depth < 2 or settings.max_tokens < 10:
         raise ConfigError("server.max_depth must be >= 2 and server.max_tokens >= 10")
+    for key in ("max_aliases", "max_upstream_calls"):
+        if getattr(settings, key) < 0:
+            raise ConfigError(f"server.{key} must not be negative")
+    for key in ("max_body_bytes", "max_query_bytes"):
+        if getattr(settings, key) < 100:
+            raise ConfigError(f"server.{key} must be at least 100")
+    if settings.cursor_secret is not None and len(settings.cursor_secret) < 16:
+        raise ConfigError("server.cursor_secret must be at least 16 characters")
     return settings
 
 
@@ -231,7 +271,15 @@ def _tenant(name: str, table: Mapping[str, Any]) -> TenantSettings:
     where = f"tenants.{name}"
     if not _TENANT_NAME.match(name):
         raise ConfigError(f"{where}: tenant names are 1-64 letters, digits, '_', '-' or '.'")
-    _check_keys(table, {"api_keys", "credentials"}, where)
+    _check_keys(table, {"api_keys", "credentials", "rate_limit_per_minute", "burst"}, where)
+    limits: dict[str, Any] = {}
+    for key in ("rate_limit_per_minute", "burst"):
+        if key in table:
+            limits[key] = _typed(table, key, int, where)
+            if limits[key] < 1:
+                raise ConfigError(f"{where}.{key} must be at least 1")
+    if "burst" in limits and "rate_limit_per_minute" not in limits:
+        raise ConfigError(f"{where}.burst needs rate_limit_per_minute")
     keys = table.get("api_keys", [])
     if not isinstance(keys, list) or not keys:
         raise ConfigError(f"{where}.api_keys must be a non-empty list of sha256:<hex>")
@@ -255,7 +303,9 @@ def _tenant(name: str, table: Mapping[str, Any]) -> TenantSettings:
             credentials[provider] = load_adapter_class(provider).parse_credentials(values)
         except CredentialsError as exc:
             raise ConfigError(f"{where}.credentials.{provider_key}: {exc}") from None
-    return TenantSettings(name=name, api_key_hashes=tuple(hashes), credentials=credentials)
+    return TenantSettings(
+        name=name, api_key_hashes=tuple(hashes), credentials=credentials, **limits
+    )
 
 
 def parse_settings(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Settings:

@@ -1,19 +1,22 @@
 """The configured providers as the gateway uses them: one adapter each, with health figures.
 
 This is the only gateway module that instantiates adapters (through ``providers.base``); the
-schema calls these methods and never an adapter directly, so per-call bookkeeping (latency,
-recent failures for ``Query.providers``) lives in one place.
+schema calls these methods and never an adapter directly.
+
+Health figures (``Query.providers``) are kept per tenant and provider, and count real upstream
+HTTP exchanges only: ``UpstreamHttp`` reports each one to the request's ``CallMemo``, which hands
+it to ``record_call``. Answers served from a cache are not calls, and one tenant's revoked key
+says nothing about the provider's health as another tenant sees it.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 
 from providers.base import (
+    CallCosts,
     InvalidCursor,
     OperationUnsupported,
     OrganizationPage,
@@ -33,8 +36,6 @@ from providers.base import (
 )
 
 __all__ = ["ProviderHealth", "Upstreams"]
-
-T = TypeVar("T")
 
 # Errors that say something about the request, not about the provider's health.
 _CALLER_ERRORS = (
@@ -85,7 +86,8 @@ class Upstreams:
             name: load_adapter_class(name)(settings)  # type: ignore[call-arg]
             for name, settings in providers.items()
         }
-        self._stats = {name: _Stats() for name in ProviderName}
+        # Keyed by (tenant name, provider): bounded by the configured tenants.
+        self._stats: dict[tuple[str, ProviderName], _Stats] = {}
 
     def configured(self, provider: ProviderName) -> bool:
         return provider in self._adapters
@@ -98,18 +100,24 @@ class Upstreams:
         for adapter in self._adapters.values():
             await adapter.aclose()
 
-    async def _timed(self, provider: ProviderName, call: Awaitable[T]) -> T:
-        started = time.perf_counter()
-        try:
-            result = await call
-        except UpstreamError as exc:
-            # A 404 or a rejected input is the provider working correctly.
-            self._stats[provider].record(
-                time.perf_counter() - started, isinstance(exc, _CALLER_ERRORS), exc.code
-            )
-            raise
-        self._stats[provider].record(time.perf_counter() - started, True)
-        return result
+    def call_costs(self) -> dict[ProviderName, CallCosts]:
+        """What each configured adapter's methods cost in upstream calls."""
+        return {name: adapter.call_costs for name, adapter in self._adapters.items()}
+
+    def record_call(
+        self,
+        tenant: str,
+        provider: ProviderName,
+        seconds: float,
+        error: UpstreamError | None,
+    ) -> None:
+        """One real upstream exchange made for ``tenant`` (see the module docstring)."""
+        stats = self._stats.get((tenant, provider))
+        if stats is None:
+            stats = self._stats[(tenant, provider)] = _Stats()
+        # A 404 or a rejected input is the provider working correctly.
+        ok = error is None or isinstance(error, _CALLER_ERRORS)
+        stats.record(seconds, ok, None if error is None else error.code)
 
     def _adapter(self, provider: ProviderName) -> ProviderAdapter:
         return self._adapters[provider]
@@ -117,32 +125,24 @@ class Upstreams:
     async def list_organizations(
         self, provider: ProviderName, credentials: ProviderCredentials, cursor: str | None
     ) -> OrganizationPage:
-        return await self._timed(
-            provider, self._adapter(provider).list_organizations(credentials, cursor=cursor)
-        )
+        return await self._adapter(provider).list_organizations(credentials, cursor=cursor)
 
     async def get_organization(
         self, provider: ProviderName, credentials: ProviderCredentials, provider_id: str
     ) -> OrganizationRecord:
-        return await self._timed(
-            provider, self._adapter(provider).get_organization(credentials, provider_id)
-        )
+        return await self._adapter(provider).get_organization(credentials, provider_id)
 
     async def list_subscriptions(
         self, credentials: ProviderCredentials, organization: OrganizationRecord
     ) -> tuple[SubscriptionRecord, ...]:
         provider = organization.provider
-        return await self._timed(
-            provider, self._adapter(provider).list_subscriptions(credentials, organization)
-        )
+        return await self._adapter(provider).list_subscriptions(credentials, organization)
 
     async def get_usage(
         self, credentials: ProviderCredentials, organization: OrganizationRecord
     ) -> UsageRecord | None:
         provider = organization.provider
-        return await self._timed(
-            provider, self._adapter(provider).get_usage(credentials, organization)
-        )
+        return await self._adapter(provider).get_usage(credentials, organization)
 
     async def update_organization(
         self,
@@ -151,12 +151,12 @@ class Upstreams:
         provider_id: str,
         update: OrganizationUpdate,
     ) -> OrganizationRecord:
-        return await self._timed(
-            provider, self._adapter(provider).update_organization(credentials, provider_id, update)
-        )
+        return await self._adapter(provider).update_organization(credentials, provider_id, update)
 
-    def health(self, provider: ProviderName, *, has_credentials: bool) -> ProviderHealth:
-        stats = self._stats[provider]
+    def health(
+        self, provider: ProviderName, *, tenant: str, has_credentials: bool
+    ) -> ProviderHealth:
+        stats = self._stats.get((tenant, provider)) or _Stats()
         samples = list(stats.samples)
         latencies = sorted(s for s, _ in samples)
         failures = sum(1 for _, ok in samples if not ok)

@@ -76,8 +76,20 @@ def write_config(
     timeout: float = 5.0,
     cache: dict[str, Any] | None = None,
     provider_ttls: dict[ProviderName, float] | None = None,
+    server: dict[str, Any] | None = None,
+    tenant_limits: dict[str, dict[str, int]] | None = None,
 ) -> Path:
-    lines = ["[server]", "max_depth = 8", "", "[cache]"]
+    """A gateway config over ``sandboxes`` with the four test tenants. ``server`` replaces the
+    [server] table (default: a low max_depth and an upstream-call budget that lets the tests
+    walk the sandboxes' deliberately small pages); ``tenant_limits`` adds rate-limit keys."""
+    server = server if server is not None else {"max_depth": 8, "max_upstream_calls": 1000}
+    lines = ["[server]"]
+    for key, value in server.items():
+        if isinstance(value, list):
+            lines.append(f"{key} = [{', '.join(_toml_value(v) for v in value)}]")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    lines += ["", "[cache]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in (cache or {"backend": "none"}).items()]
     lines.append("")
     for provider, served in sandboxes.items():
@@ -102,6 +114,8 @@ def write_config(
     for name, creds in tenants.items():
         lines.append(f"[tenants.{name}]")
         lines.append(f'api_keys = ["{hash_api_key(KEYS[name])}"]')
+        for key, value in (tenant_limits or {}).get(name, {}).items():
+            lines.append(f"{key} = {value}")
         lines.append(f"[tenants.{name}.credentials]")
         for provider, values in creds.items():
             lines.append(f"{provider.key} = {_inline(values)}")

@@ -6,6 +6,7 @@ purpose (with a message saying so) rather than skipping the proof.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import pytest
 import redis
 
 from providers.base import ProviderName
-from tests.conftest import Deployment, write_config
+from tests.conftest import KEYS, Deployment, write_config
 from tests.support import ServedApp, http
 
 ORGGRAPH = str(Path(sys.executable).parent / "orggraph")
@@ -111,11 +112,14 @@ def two_gateways(
 ) -> Iterator[Any]:
     started: list[GatewayProcess] = []
 
-    def start(cache: dict[str, Any]) -> tuple[Deployment, Deployment]:
+    def start(
+        cache: dict[str, Any], *, url: str | None = None, **config_kw: Any
+    ) -> tuple[Deployment, Deployment]:
         config = write_config(
             tmp_path / f"redis{len(started)}.toml",
             sandboxes,
-            cache={"backend": "redis", "url": redis_server.url, **cache},
+            cache={"backend": "redis", "url": url or redis_server.url, **cache},
+            **config_kw,
         )
         from gateway.settings import load_settings
 
@@ -191,3 +195,61 @@ def test_a_dead_redis_degrades_to_uncached_not_to_errors(
     body = a.query(DASHBOARD.replace("billingEmail", "slug")).json()
     assert "errors" not in body and body["data"]["organizations"]["nodes"]
     assert api_calls(a) > calls
+
+
+def test_credential_fingerprints_in_shared_keys_are_keyed_hashes(
+    two_gateways: Any, redis_server: RedisServer
+) -> None:
+    """A plain SHA-256 of the credentials in a key would let whoever reads Redis confirm a
+    guessed credential offline; the keys carry an HMAC under a secret Redis never sees."""
+    a, _ = two_gateways({"ttl_seconds": 30})
+    a.data(DASHBOARD)
+    keys = " ".join(k.decode() for k in redis_server.client.keys("og:*"))
+    for provider in ProviderName:
+        creds = a.settings.tenants[0].credentials[provider]
+        assert creds.fingerprint not in keys
+        assert hashlib.sha256(creds.fingerprint.encode()).hexdigest()[:32] not in keys
+    assert "og:u:acme:" in keys
+
+
+def test_the_rate_limit_is_shared_by_replicas(two_gateways: Any) -> None:
+    a, b = two_gateways({"ttl_seconds": 30}, tenant_limits={"acme": {"rate_limit_per_minute": 4}})
+    query = "{ providers { provider } }"
+    statuses = [gw.query(query).status_code for gw in (a, b, a, b)]
+    assert statuses == [200, 200, 200, 200]
+    assert a.query(query).status_code == 429
+    assert b.query(query).status_code == 429
+    assert a.query(query, tenant="globex").status_code == 200
+
+
+def test_persisted_queries_are_shared_but_apart_from_upstream_data(
+    two_gateways: Any, redis_server: RedisServer
+) -> None:
+    a, b = two_gateways({"ttl_seconds": 30})
+    query = "{ providers { provider configured } }"
+    digest = hashlib.sha256(query.encode()).hexdigest()
+    apq = {"persistedQuery": {"version": 1, "sha256Hash": digest}}
+    auth = {"Authorization": "Bearer " + KEYS["acme"]}
+    assert http.post(a.url + "/graphql", json={"query": query, "extensions": apq}, headers=auth)
+    by_hash = http.post(b.url + "/graphql", json={"extensions": apq}, headers=auth).json()
+    assert "errors" not in by_hash and len(by_hash["data"]["providers"]) == 5
+    assert redis_server.client.hget("og:apq", digest) == query.encode()
+    assert not redis_server.client.keys("og:q:*")
+
+
+def test_a_redis_url_with_an_acl_username_is_honoured(
+    two_gateways: Any, redis_server: RedisServer
+) -> None:
+    client = redis_server.client
+    client.execute_command("ACL", "SETUSER", "orggraph", "on", ">s3cret-pass", "~*", "&*", "+@all")
+    client.execute_command("ACL", "SETUSER", "default", "off")
+    try:
+        url = f"redis://orggraph:s3cret-pass@127.0.0.1:{redis_server.port}/0"
+        a, _ = two_gateways({"ttl_seconds": 30}, url=url)
+        assert a.query(DASHBOARD).headers["x-orggraph-cache"] == "miss"
+        assert a.query(DASHBOARD).headers["x-orggraph-cache"] == "hit"
+    finally:
+        admin = redis.Redis(
+            host="127.0.0.1", port=redis_server.port, username="orggraph", password="s3cret-pass"
+        )
+        admin.execute_command("ACL", "SETUSER", "default", "on", "nopass", "~*", "&*", "+@all")
