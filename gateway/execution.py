@@ -51,19 +51,19 @@ from providers.base import CallCosts, ProviderName
 
 __all__ = ["Executor", "PreparedOperation"]
 
-# Rough memory of a parsed document, measured with tracemalloc on graphql-core 3.3 (CPython 3.11,
+# Rough memory of a parsed document, measured with tracemalloc (graphql-core 3.3, CPython 3.11,
 # locations kept): 400-600 bytes per token (the token, its AST node, Location and name string),
-# about 250 per comment token (comments are not AST nodes, but stay linked in the token chain),
-# plus copies of string and comment values (at most the text again). A 330-byte dashboard query
-# holds ~30 KB, 46 bytes ~8 KB, 100 KB of '#' lines ~9.6 MB: relative to its text an AST weighs
-# 1x (one long comment) to 170x (tiny queries), so text length alone cannot bound the cache.
+# ~250 per comment (no AST node, but linked in the token chain), plus copies of string and
+# comment values (at most the text again). Relative to its text an AST weighs 1x (one long
+# comment or string) to 170x (tiny queries): 46 bytes of query hold ~8 KB, a 330-byte dashboard
+# ~30 KB, 2000 tokens of aliases ~1 MB. Text length alone cannot bound the cache; tokens can.
 _BYTES_PER_TOKEN: Final = 600
 _BYTES_PER_COMMENT: Final = 250
 _ERROR_ENTRY_BYTES: Final = 2_000  # a parse error and its Source, without a document
 
 _COST_KEYS_PER_DOCUMENT: Final = 16
 """Estimates kept per document for distinct cost-variable values: a client pages with a few
-``first`` values; beyond that the walk (linear, a few microseconds) is simply redone."""
+``first`` values; beyond that the walk (linear, ~25 µs for a dashboard query) is redone."""
 
 
 def _entry_bytes(query: str, document: DocumentNode | None) -> int:
@@ -105,14 +105,14 @@ class Executor:
     every spread is expanded. It is what keeps graphql-core's OverlappingFieldsCanBeMergedRule
     cheap: that rule compares fields pairwise, so 300 repeated ``providers { provider }`` took
     ~200 ms and 500 ended in "Validation aborted."; at 300 selections the worst documents
-    measured validate in ~40 ms, and an everyday dashboard query has 30 to 60 (GraphiQL's
-    introspection query ~170)."""
+    measured validate in ~40-50 ms, while an everyday dashboard query has 25 to 60 and
+    GraphiQL's introspection query ~240."""
 
     # 1000 distinct documents: a real client fleet sends tens to hundreds; the bound stops an
     # attacker sending unique queries from growing memory without limit.
     CACHE_SIZE = 1000
-    # 64 MiB: about 1000 everyday documents (30-60 KB each with their AST), but only a few
-    # dozen large ones: 2000 tokens of aliases or a comment-stuffed 100 KB text holds 1-10 MB.
+    # 64 MiB: about 1000 everyday documents (30-60 KB each with their AST), but only ~50 of the
+    # largest the default limits let through (2000 tokens and 100 KB of text: ~1.4 MB each).
     CACHE_BYTES = 64 * 1024 * 1024
     MAX_SELECTIONS = 300
 
