@@ -284,8 +284,7 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
 
     prepared = executor.prepare(query)
     if prepared.errors or prepared.document is None:
-        hide = not server.introspection
-        rejected = {"errors": [format_error(e, hide_suggestions=hide) for e in prepared.errors]}
+        rejected = {"errors": [format_error(e) for e in prepared.errors]}
         return Response(
             orjson.dumps(rejected),
             status_code=request_error_status,
@@ -313,21 +312,6 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     if operation is not OperationType.QUERY:
         cache_key = None  # mutations are never stored
 
-    cost, too_costly = executor.upstream_cost(prepared, operation_name, variables)
-    extensions: dict[str, Any] = {}
-    if want_cost:
-        extensions["cost"] = executor.cost_extension(cost)
-    if too_costly is not None:
-        refused: dict[str, Any] = {"errors": [format_error(too_costly)]}
-        if extensions:
-            refused["extensions"] = extensions
-        return Response(
-            orjson.dumps(refused),
-            status_code=request_error_status,
-            media_type=media_type,
-            headers=_NO_STORE,
-        )
-
     scope = cache.scope(tenant.name)
     context = RequestContext(
         tenant=tenant, upstreams=runtime.upstreams, cursors=runtime.cursors, scope=scope
@@ -343,14 +327,15 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     errors: list[GraphQLError] = list(result.errors or []) + context.errors
     payload: dict[str, Any] = {}
     if errors:
-        payload["errors"] = [
-            format_error(e, hide_suggestions=not server.introspection) for e in errors
-        ]
+        payload["errors"] = [format_error(e) for e in errors]
     # Spec: "data" is present (maybe null) once execution started, absent when the request
     # failed before it (variables that do not coerce, say); only execution errors have a path.
     started = result.data is not None or not errors or any(e.path for e in errors)
     if started:
         payload["data"] = result.data
+    extensions: dict[str, Any] = {}
+    if want_cost and result.extensions and "cost" in result.extensions:
+        extensions["cost"] = result.extensions["cost"]
     stale = scope.stale_reads()
     if stale:
         extensions["stale"] = [

@@ -9,7 +9,6 @@ the stack trace goes to the log, never to the client.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from enum import Enum
 from typing import Any
@@ -84,14 +83,8 @@ def upstream_graphql_error(
     )
 
 
-_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
-
-
-def format_error(error: GraphQLError, *, hide_suggestions: bool = False) -> dict[str, Any]:
-    """The JSON form of one error, with a DESIGN.md code, and nothing we did not mean to say.
-
-    ``hide_suggestions`` (introspection off) drops graphql-core's "Did you mean …?" hints,
-    which would otherwise reveal the schema one guess at a time."""
+def format_error(error: GraphQLError) -> dict[str, Any]:
+    """The JSON form of one error, with a DESIGN.md code, and nothing we did not mean to say."""
     original = error.original_error
     # graphql-core wraps resolver exceptions once; unwrap nested GraphQLErrors.
     while isinstance(original, GraphQLError) and original.original_error is not None:
@@ -119,8 +112,6 @@ def format_error(error: GraphQLError, *, hide_suggestions: bool = False) -> dict
         message = "Internal error"
         extensions = {"code": ErrorCode.INTERNAL.value}
 
-    if hide_suggestions and "Did you mean" in message:
-        message = _SUGGESTION.sub("", message)
     out: dict[str, Any] = {"message": message}
     if error.locations:
         out["locations"] = [{"line": loc.line, "column": loc.column} for loc in error.locations]

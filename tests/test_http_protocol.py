@@ -174,3 +174,34 @@ def test_burst_caps_requests_per_second(make_gateway: MakeGateway) -> None:
     # is that some were refused although the per-minute allowance was far from spent.
     assert statuses.count(429) >= 1
     assert statuses[:2] == [200, 200]
+
+
+# ---------------------------------------------------------------------------- upstream budget
+
+
+def test_the_upstream_call_estimate_is_reported_when_asked(make_gateway: MakeGateway) -> None:
+    gw = make_gateway(server={})  # the shipped defaults: max_upstream_calls = 50
+    # One PlanetScale list page (100 per page) for 10 organizations, nothing per organization.
+    cheap = {"query": QUERY.replace("first: 1", "first: 10"), "extensions": {"cost": True}}
+    answer = post(gw, cheap).json()
+    assert answer["extensions"]["cost"] == {"upstreamCalls": 1, "maxUpstreamCalls": 50}
+    assert "cost" not in post(gw, {"query": QUERY}).json().get("extensions", {})
+
+
+def test_an_operation_over_the_upstream_budget_is_refused_before_any_call(
+    make_gateway: MakeGateway, sandboxes: dict[ProviderName, ServedApp]
+) -> None:
+    gw = make_gateway(server={})
+    # Upsun: one list page, then one subscriptions walk per organization for its usage: 1 + 60.
+    costly = (
+        "{ organizations(first: 60, providers: [UPSUN]) { nodes { usage { metrics { key } } } } }"
+    )
+    for served in sandboxes.values():
+        served.clear_requests()
+    refused = post(gw, {"query": costly, "extensions": {"cost": True}}, Accept=GRAPHQL_RESPONSE)
+    assert refused.status_code == 400
+    body = refused.json()
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["QUERY_TOO_COMPLEX"]
+    assert "data" not in body
+    assert body["extensions"]["cost"] == {"upstreamCalls": 61, "maxUpstreamCalls": 50}
+    assert all(not s.requests() for s in sandboxes.values())
