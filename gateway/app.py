@@ -106,6 +106,7 @@ def build_runtime(settings: Settings) -> Runtime:
             max_depth=server.max_depth,
             max_tokens=server.max_tokens,
             max_aliases=server.max_aliases,
+            max_selections=server.max_selections,
             max_query_bytes=server.max_query_bytes,
             max_upstream_calls=server.max_upstream_calls,
             introspection=server.introspection,

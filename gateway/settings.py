@@ -51,6 +51,9 @@ class ServerSettings:
     max_depth: int = 12
     max_tokens: int = 2000
     max_aliases: int = 30
+    max_selections: int = 300
+    """Fields one operation may select, fragments expanded (GraphiQL's introspection query has
+    about 240): bounds graphql-core's quadratic field-merging check."""
     max_body_bytes: int = 1_000_000
     """Largest request body (HTTP 413 above it), counted while it streams in."""
     max_query_bytes: int = 100_000
@@ -148,6 +151,7 @@ _SERVER_KEYS: tuple[tuple[str, type], ...] = (
     ("max_depth", int),
     ("max_tokens", int),
     ("max_aliases", int),
+    ("max_selections", int),
     ("max_body_bytes", int),
     ("max_query_bytes", int),
     ("max_upstream_calls", int),
@@ -178,7 +182,7 @@ def _server(table: Mapping[str, Any]) -> ServerSettings:
         raise ConfigError("server.workers must be at least 1")
     if settings.max_depth < 2 or settings.max_tokens < 10:
         raise ConfigError("server.max_depth must be >= 2 and server.max_tokens >= 10")
-    for key in ("max_aliases", "max_upstream_calls"):
+    for key in ("max_aliases", "max_selections", "max_upstream_calls"):
         if getattr(settings, key) < 0:
             raise ConfigError(f"server.{key} must not be negative")
     for key in ("max_body_bytes", "max_query_bytes"):
