@@ -8,7 +8,10 @@ Everything the gateway knows about a provider goes through this module:
 * the upstream error taxonomy (``UpstreamError`` and its subclasses), which adapters raise and
   the gateway maps to ``extensions.code`` exactly once;
 * ``UpstreamHttp``, the pooled JSON-over-HTTP client every adapter calls through, which does the
-  status/transport/body error mapping, secret redaction and per-request call de-duplication;
+  status/transport/body error mapping, secret redaction and per-request call de-duplication, and
+  reports every real exchange to the request's ``CallMemo`` (``record_call``);
+* the guards on what clients can make us request: ``page_link`` (a next-page URL, from a cursor
+  or an upstream) and ``path_segment`` (an id in a URL path);
 * ``load_adapter_class`` / ``load_sandbox_module``, the registry by provider name.
 
 ``providers`` never imports ``gateway``.
@@ -22,6 +25,7 @@ import contextvars
 import hashlib
 import importlib
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +33,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from types import ModuleType
 from typing import Any, ClassVar, Protocol, runtime_checkable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 import aiohttp
 import httpx
@@ -76,9 +80,10 @@ __all__ = [
     "opt_datetime",
     "opt_float",
     "opt_str",
+    "page_link",
     "parse_token_response",
+    "path_segment",
     "req_str",
-    "same_origin_url",
     "stripe_subscription_status",
     "token_exchange_error",
     "token_refresh_margin",
@@ -174,7 +179,8 @@ class SubscriptionRecord:
 class UsageMetricRecord:
     key: str
     label: str
-    value: float
+    value: float | None
+    """``None`` where the provider reports only an allowance (then ``limit`` says how much)."""
     unit: UsageUnit
     limit: float | None = None
 
@@ -472,16 +478,117 @@ def stripe_subscription_status(value: str | None) -> SubscriptionStatus:
     return _STRIPE_STATUSES.get(value.strip().lower(), SubscriptionStatus.UNKNOWN)
 
 
-def same_origin_url(base_url: str, url: str, provider: ProviderName) -> str:
-    """Resolve ``url`` against ``base_url`` and insist it stays on the same scheme+host+port.
+# --------------------------------------------------------------------------------------------
+# What clients can make us request: next-page links and ids in paths
+# --------------------------------------------------------------------------------------------
 
-    Pagination links come from upstream responses and, via our cursors, from clients; following
-    one to another host would send the tenant's credentials there."""
-    resolved = urljoin(base_url, url)
-    a, b = urlsplit(base_url), urlsplit(resolved)
-    if (a.scheme, a.netloc) != (b.scheme, b.netloc):
-        raise InvalidCursor(provider, f"{provider.key} pagination link points off-origin")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_ENCODED_SEPARATORS = ("%2f", "%5c")  # "/" and "\\": a server may decode them into segments
+
+
+def _has_dot_segment(path: str) -> bool:
+    """Whether a segment of ``path`` is ``.`` or ``..``, raw or percent-encoded (``%2e``)."""
+    return any(segment.lower().replace("%2e", ".") in (".", "..") for segment in path.split("/"))
+
+
+def _unsafe_link(url: str) -> str | None:
+    """Why ``url`` (absolute or relative) can never be a page link we follow, else None."""
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        return "has whitespace, control or non-ASCII characters"
+    if "\\" in url:
+        return "has a backslash"
+    if "#" in url:
+        return "has a fragment"
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        return "has userinfo"
+    lowered = parts.path.lower()
+    if any(separator in lowered for separator in _ENCODED_SEPARATORS):
+        return "has an encoded separator in its path"
+    if _has_dot_segment(parts.path):
+        return "has a dot segment in its path"
+    return None
+
+
+def _endpoint(parts: SplitResult) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None if malformed."""
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def page_link(
+    base_url: str,
+    list_path: str,
+    url: str,
+    provider: ProviderName,
+    *,
+    relative_to: str | None = None,
+    error: type[UpstreamError] = InvalidCursor,
+) -> str:
+    """``url`` when it is another page of the list at ``base_url`` + ``list_path``, else ``error``.
+
+    Next-page links reach us from upstream answers and, inside our cursors, from clients;
+    whatever we follow gets the tenant's credentials. So a link is accepted only as a page of
+    the very list it continues: same scheme, host and port as ``base_url``, and the path exactly
+    ``base_url``'s path + ``list_path`` (``list_path`` already percent-encoded), with no ``.`` or
+    ``..`` segments (raw or ``%2e``), encoded separators (``%2f``, ``%5c``), backslashes,
+    userinfo, fragment, whitespace or non-ASCII anywhere — some server along the way might
+    normalise those into another resource. Only the query may vary: the page cursor lives there.
+
+    A client's cursor must be absolute (it is a link we handed out). An upstream's link may be
+    relative: pass ``relative_to`` (the URL of the page it came with) to resolve it, after the
+    checks, since resolving would remove the dot segments that show a link is crooked. Returns
+    the URL to request, as given (resolved when relative)."""
+    resolved, problem = _link_problem(base_url, list_path, url, relative_to)
+    if problem is not None:
+        raise error(provider, f"{provider.key} next-page link {problem}")
     return resolved
+
+
+def _link_problem(
+    base_url: str, list_path: str, url: str, relative_to: str | None
+) -> tuple[str, str | None]:
+    """(the URL to request, why it must not be requested or None); see ``page_link``."""
+    if not isinstance(url, str) or not url:
+        return "", "is empty"
+    problem = _unsafe_link(url)
+    if problem is not None:
+        return url, problem
+    resolved = url if relative_to is None else urljoin(relative_to, url)
+    problem = _unsafe_link(resolved)
+    if problem is not None:
+        return resolved, problem
+    parts = urlsplit(resolved)
+    expected = urlsplit(base_url.rstrip("/") + "/" + list_path.lstrip("/"))
+    endpoint = _endpoint(parts)
+    if endpoint is None:
+        return resolved, "is not an absolute http(s) URL"
+    if endpoint != _endpoint(expected):
+        return resolved, "points to another origin"
+    if parts.path != expected.path:
+        return resolved, "is not a page of this list"
+    return resolved, None
+
+
+def path_segment(value: str, provider: ProviderName, *, what: str = "organization") -> str:
+    """``value`` (an id a client sent) as one percent-encoded URL path segment.
+
+    Refused as ``UpstreamNotFound``, without asking the upstream, when it could not name one
+    object there: empty or only dots (once in a URL, ``.`` and ``..`` would address the list or
+    a parent path), or text that is not encodable as UTF-8 (a lone surrogate, which ``quote``
+    cannot encode). Reserved characters are kept inside the segment by the encoding."""
+    if not value or not value.strip("."):
+        raise UpstreamNotFound(provider, f"{provider.key} has no {what} with that id")
+    try:
+        return quote(value, safe="")
+    except UnicodeEncodeError:
+        raise UpstreamNotFound(provider, f"{provider.key} has no {what} with that id") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,9 +620,14 @@ class CallMemo:
     """Shares the result of identical upstream reads made while answering one GraphQL request.
 
     The gateway installs one per request (``call_memo.set(...)``); adapters never see it
-    directly, ``UpstreamHttp`` routes every GET through ``run``. ``load`` is where a subclass
-    adds caching, coalescing across requests or stale-if-error. Unbounded on purpose: it lives
-    for one request and holds at most that request's distinct upstream calls."""
+    directly, ``UpstreamHttp`` routes every GET through ``run`` and reports every real exchange
+    to ``record_call``. ``load`` is where a subclass adds caching, coalescing across requests or
+    stale-if-error. Unbounded on purpose: it lives for one request and holds at most that
+    request's distinct upstream calls.
+
+    A shared read runs in a task of its own, not in the task of the caller that happened to ask
+    first: the gateway cancels resolvers it no longer needs (a page filled), and that caller's
+    cancellation must not reach the other callers waiting for the same answer."""
 
     __slots__ = ("_futures",)
 
@@ -528,32 +640,57 @@ class CallMemo:
         """Produce the response for a call not yet made in this request."""
         return await fetch()
 
+    def record_call(
+        self,
+        provider: ProviderName,
+        *,
+        seconds: float,
+        status: int | None,
+        error: UpstreamError | None,
+    ) -> None:
+        """One real HTTP exchange with ``provider`` finished, for this request (health figures,
+        metrics). ``status`` is None when no answer came (transport failure, timeout); ``error``
+        is what the exchange raised, if anything. Never called for answers shared or served
+        from a cache, which never reach the wire. Called on the hot path: keep it cheap."""
+
     async def run(
         self, key: CallKey, fetch: Callable[[], Awaitable[UpstreamResponse]]
     ) -> UpstreamResponse:
-        existing = self._futures.get(key)
-        if existing is not None:
-            return await asyncio.shield(existing)
-        future: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
-        self._futures[key] = future
+        shared = self._futures.get(key)
+        if shared is None:
+            shared = self._futures[key] = asyncio.ensure_future(self._shared(key, fetch))
+            shared.add_done_callback(_retrieve)
+        # shield: cancelling this caller leaves the shared read running for the others (and
+        # for this memo: a read nobody waits for any more finishes and is kept).
+        return await asyncio.shield(shared)
+
+    async def _shared(
+        self, key: CallKey, fetch: Callable[[], Awaitable[UpstreamResponse]]
+    ) -> UpstreamResponse:
         try:
-            result = await self.load(key, fetch)
-        except BaseException as exc:
+            return await self.load(key, fetch)
+        except BaseException:
             # Callers already waiting share the failure; a later call (a retry after a token
-            # refresh, say) goes upstream again instead of replaying it.
-            self._futures.pop(key, None)
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: no "never retrieved" warning if nobody waits
+            # refresh, say) goes upstream again instead of replaying it. Unless ``clear`` has
+            # already put another read in this key's place.
+            if self._futures.get(key) is asyncio.current_task():
+                del self._futures[key]
             raise
-        future.set_result(result)
-        return result
 
     def __len__(self) -> int:
         return len(self._futures)
 
     def clear(self) -> None:
-        """Forget every shared read: after a write, later reads must go upstream again."""
+        """Forget every shared read: after a write, later reads must go upstream again (reads
+        still running finish for the callers already waiting on them)."""
         self._futures.clear()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a shared task's failure as retrieved: when every waiter has gone, nobody else
+    would, and asyncio would log "exception was never retrieved" for an ordinary failure."""
+    if not task.cancelled():
+        task.exception()
 
 
 call_memo: contextvars.ContextVar[CallMemo | None] = contextvars.ContextVar(
@@ -622,9 +759,12 @@ class UpstreamHttp:
         settings: ProviderSettings,
         error_detail: ErrorDetail,
         status_errors: Mapping[int, type[UpstreamError]] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.provider = provider
         self.settings = settings
+        self._clock = clock
+        """Times each exchange for ``CallMemo.record_call`` (tests pass a fake one)."""
         self._error_detail = error_detail
         self._status_errors = {**_STATUS_ERRORS, **(status_errors or {})}
         limits = httpx.Limits(
@@ -671,14 +811,15 @@ class UpstreamHttp:
     ) -> UpstreamResponse:
         """Send one request. GETs go through the request's ``CallMemo`` (shared, and cached
         where the gateway caches) under a ``CallKey`` naming ``identity`` (default: the
-        credentials' fingerprint; pass the tenant's own when ``credentials`` carry a token)."""
+        credentials' fingerprint; pass the tenant's own when ``credentials`` carry a token).
+        Every exchange that really goes out is reported to that memo's ``record_call``."""
+        memo = call_memo.get()  # the one contextvar read per request
 
         def send() -> Awaitable[UpstreamResponse]:
-            return self._send(
-                method, url, credentials, headers, params, json, data, auth, expect_json
+            return self._timed(
+                memo, method, url, credentials, headers, params, json, data, auth, expect_json
             )
 
-        memo = call_memo.get()
         if memo is None or method != "GET":
             return await send()
         key = CallKey(
@@ -719,6 +860,40 @@ class UpstreamHttp:
                     raise
                 invalidate(token)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _timed(
+        self,
+        memo: CallMemo | None,
+        method: str,
+        url: str,
+        credentials: ProviderCredentials,
+        headers: Mapping[str, str],
+        params: Any,
+        json: Any,
+        data: Mapping[str, str] | None,
+        auth: tuple[str, str] | None,
+        expect_json: bool,
+    ) -> UpstreamResponse:
+        """``_send``, reported to ``memo`` (successes and failures; a cancelled exchange is no
+        finding about the upstream and is not reported)."""
+        if memo is None:
+            return await self._send(
+                method, url, credentials, headers, params, json, data, auth, expect_json
+            )
+        started = self._clock()
+        try:
+            response = await self._send(
+                method, url, credentials, headers, params, json, data, auth, expect_json
+            )
+        except UpstreamError as exc:
+            memo.record_call(
+                self.provider, seconds=self._clock() - started, status=exc.status, error=exc
+            )
+            raise
+        memo.record_call(
+            self.provider, seconds=self._clock() - started, status=response.status, error=None
+        )
+        return response
 
     async def _send(
         self,
@@ -939,30 +1114,30 @@ class AccessTokenCache:
         self._max_entries = max_entries
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[AccessToken]]) -> str:
-        loop = asyncio.get_running_loop()
         token = self._tokens.get(key)
-        if token is not None and token.expires_at > loop.time():
+        if token is not None and token.expires_at > asyncio.get_running_loop().time():
             self._tokens.move_to_end(key)
             return token.value
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return (await asyncio.shield(pending)).value
-        future: asyncio.Future[AccessToken] = loop.create_future()
-        self._inflight[key] = future
+        exchange = self._inflight.get(key)
+        if exchange is None:
+            # Its own task: one exchange serves every request of the tenant that is waiting,
+            # so the cancellation of whichever request started it must reach none of them.
+            # An exchange nobody waits for any more finishes, and its token is kept.
+            exchange = self._inflight[key] = asyncio.ensure_future(self._exchange(key, fetch))
+            exchange.add_done_callback(_retrieve)
+        return (await asyncio.shield(exchange)).value
+
+    async def _exchange(self, key: str, fetch: Callable[[], Awaitable[AccessToken]]) -> AccessToken:
         try:
             token = await fetch()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
         finally:
-            self._inflight.pop(key, None)
-        future.set_result(token)
+            if self._inflight.get(key) is asyncio.current_task():
+                del self._inflight[key]
         self._tokens[key] = token
         self._tokens.move_to_end(key)
         while len(self._tokens) > self._max_entries:
             self._tokens.popitem(last=False)
-        return token.value
+        return token
 
     def invalidate(self, key: str, value: str) -> None:
         """Forget ``value`` (the upstream said it is no longer valid) unless already replaced."""

@@ -6,7 +6,7 @@ object:
 
 * ``list_organizations`` is that organization as a single, last page (bundle has no cursor);
 * ``get_organization(id)`` is the same call, ``UpstreamNotFound`` when the key's organization
-  has another id;
+  has another id (and without the call for an id no upstream could have, such as ``..``);
 * ``list_subscriptions`` is the nullable ``subscription`` member of that object (no extra call);
 * ``get_usage`` is ``usage.monthlyPosts`` against ``subscription.maxMonthlyPosts`` (no extra
   call). The newer OpenAPI schema no longer lists ``usage`` on the organization; when it is
@@ -46,6 +46,7 @@ from providers.base import (
     opt_datetime,
     opt_float,
     opt_str,
+    path_segment,
     req_str,
     stripe_subscription_status,
 )
@@ -199,6 +200,9 @@ class BundleAdapter:
     async def get_organization(
         self, credentials: ProviderCredentials, provider_id: str
     ) -> OrganizationRecord:
+        # The id never goes into a URL here; the check is the one every adapter makes, so an
+        # id that cannot name an organization anywhere costs no call.
+        path_segment(provider_id, _PROVIDER)
         record = await self._fetch_organization(credentials)
         if record.provider_id != provider_id:
             raise UpstreamNotFound(

@@ -4,14 +4,14 @@ An org-scoped API key (``Authorization: Bearer capy_live_…``) sees exactly one
 ``list_organizations`` is ``GET /v1/me`` (one page, never a cursor). Subscriptions cost no HTTP
 call: CapyDB folds its Stripe subscription into the organization object (``billing_*`` fields),
 so an organization has one subscription exactly when ``billing_subscription_id`` is set. Usage is
-``GET /v1/organizations/{orgID}/usage``.
+``GET /v1/organizations/{orgID}/usage``. Ids that cannot name an organization (empty, ``.``,
+``..``, not UTF-8) are ``UpstreamNotFound`` without a call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from providers.base import (
     BadUpstreamResponse,
@@ -26,7 +26,6 @@ from providers.base import (
     ProviderSettings,
     SubscriptionRecord,
     UpstreamHttp,
-    UpstreamNotFound,
     UsageMetricRecord,
     UsageRecord,
     UsageSampleRecord,
@@ -34,6 +33,7 @@ from providers.base import (
     opt_datetime,
     opt_float,
     opt_str,
+    path_segment,
     req_str,
     stripe_subscription_status,
 )
@@ -118,9 +118,7 @@ class CapyDBAdapter:
         }
 
     def _org_path(self, org_id: str, suffix: str = "") -> str:
-        if not org_id:
-            raise UpstreamNotFound(_P, "capydb organization id is empty")
-        return self._http.url(f"/v1/organizations/{quote(org_id, safe='')}{suffix}")
+        return self._http.url(f"/v1/organizations/{path_segment(org_id, _P)}{suffix}")
 
     async def _get(self, credentials: ProviderCredentials, url: str) -> Any:
         response = await self._http.request(

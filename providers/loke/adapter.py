@@ -3,9 +3,11 @@
 Upstream calls per method:
 
 * ``list_organizations``: ``GET {base_url}/organizations`` for the first page, then exactly the
-  URL the previous page's ``X-Next-Page`` header gave (the cursor), after a same-origin check.
-  The API has no page-size parameter; the server chooses.
-* ``get_organization``: ``GET {base_url}/organizations/{id}`` (id URL-encoded).
+  URL the previous page's ``X-Next-Page`` header gave (the cursor), once ``page_link`` has
+  checked that it is a page of ``{base_url}/organizations`` (only its query may differ). The API
+  has no page-size parameter; the server chooses.
+* ``get_organization``: ``GET {base_url}/organizations/{id}`` (id URL-encoded; ids that cannot
+  name an organization, such as ``..``, are ``UpstreamNotFound`` without a call).
 * ``list_subscriptions`` / ``get_usage``: no call — LOKE exposes neither (``()`` / ``None``).
 * ``update_organization``: no call — ``OperationUnsupported``.
 
@@ -23,14 +25,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, urljoin
 
 from providers.base import (
     AccessToken,
     AccessTokenCache,
     BadUpstreamResponse,
     CallCosts,
-    InvalidCursor,
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
@@ -42,15 +42,15 @@ from providers.base import (
     SubscriptionRecord,
     UpstreamError,
     UpstreamHttp,
-    UpstreamNotFound,
     UpstreamResponse,
     UpstreamUnauthorized,
     UsageRecord,
     opt_datetime,
     opt_str,
+    page_link,
     parse_token_response,
+    path_segment,
     req_str,
-    same_origin_url,
     token_exchange_error,
 )
 
@@ -65,6 +65,7 @@ Short on purpose: a wrong guess costs one extra exchange, and a 401 triggers a r
 
 _PROVIDER = ProviderName.LOKE
 _NEXT_PAGE = "x-next-page"
+_LIST_PATH = "/organizations"
 
 
 def _error_detail(body: Any) -> str | None:
@@ -167,11 +168,9 @@ class LokeAdapter:
         self, credentials: ProviderCredentials, *, cursor: str | None = None
     ) -> OrganizationPage:
         if cursor is None:
-            url = self._http.url("/organizations")
-        elif isinstance(cursor, str) and cursor.strip():
-            url = same_origin_url(self.settings.base_url, cursor.strip(), _PROVIDER)
+            url = self._http.url(_LIST_PATH)
         else:
-            raise InvalidCursor(_PROVIDER, "loke cursor is empty")
+            url = page_link(self.settings.base_url, _LIST_PATH, cursor, _PROVIDER)
         response = await self._get(credentials, url)
         body = response.body
         if body is None:
@@ -186,15 +185,16 @@ class LokeAdapter:
         link = response.headers.get(_NEXT_PAGE)
         if link is None or not link.strip():
             return None
-        # Documented as a full URL; resolve a relative one against the page it came with,
+        # Documented as a full URL; a relative one resolves against the page it came with,
         # as LOKE's own paging example does.
-        resolved = urljoin(response.url, link.strip())
-        try:
-            resolved = same_origin_url(self.settings.base_url, resolved, _PROVIDER)
-        except InvalidCursor:
-            raise BadUpstreamResponse(
-                _PROVIDER, "loke X-Next-Page points to another origin"
-            ) from None
+        resolved = page_link(
+            self.settings.base_url,
+            _LIST_PATH,
+            link.strip(),
+            _PROVIDER,
+            relative_to=response.url,
+            error=BadUpstreamResponse,
+        )
         if resolved == response.url:
             raise BadUpstreamResponse(_PROVIDER, "loke X-Next-Page repeats the current page")
         return resolved
@@ -202,11 +202,8 @@ class LokeAdapter:
     async def get_organization(
         self, credentials: ProviderCredentials, provider_id: str
     ) -> OrganizationRecord:
-        # These would name another resource (the list, or a parent path) once in a URL.
-        if provider_id in ("", ".", ".."):
-            raise UpstreamNotFound(_PROVIDER, "loke organization not found", status=404)
-        url = self._http.url("/organizations/" + quote(provider_id, safe=""))
-        response = await self._get(credentials, url)
+        segment = path_segment(provider_id, _PROVIDER)
+        response = await self._get(credentials, self._http.url(f"{_LIST_PATH}/{segment}"))
         return _organization(response.body)
 
     async def list_subscriptions(

@@ -7,8 +7,10 @@ no ``Bearer`` scheme (PlanetScale reserves that for OAuth access tokens).
 Upstream calls per method:
 
 * ``list_organizations`` — one ``GET /organizations?page=1&per_page=100`` (or one GET of the
-  cursor, which is the ``next_page_url`` PlanetScale gave, followed as given);
-* ``get_organization`` — one ``GET /organizations/{name}``;
+  cursor, which is the ``next_page_url`` PlanetScale gave, followed as given once ``page_link``
+  has checked that it is a page of ``{base_url}/organizations``);
+* ``get_organization`` — one ``GET /organizations/{name}`` (names that cannot name an
+  organization, such as ``..``, are ``UpstreamNotFound`` without a call);
 * ``update_organization`` — one ``PATCH /organizations/{name}`` (a ``GET`` when nothing changes);
 * ``list_subscriptions`` / ``get_usage`` — none: PlanetScale has no subscription objects, and the
   one usage metric (``databases``) is the organization's own ``database_count``.
@@ -21,14 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
 from providers.base import (
     BadUpstreamResponse,
     CallCosts,
-    InvalidCursor,
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
@@ -46,8 +46,9 @@ from providers.base import (
     opt_datetime,
     opt_float,
     opt_str,
+    page_link,
+    path_segment,
     req_str,
-    same_origin_url,
 )
 
 __all__ = ["ADAPTER", "MAX_PER_PAGE", "PlanetScaleAdapter"]
@@ -56,6 +57,7 @@ MAX_PER_PAGE = 100
 """PlanetScale's documented ``per_page`` maximum."""
 
 _PROVIDER = ProviderName.PLANETSCALE
+_LIST_PATH = "/organizations"
 
 
 def _error_detail(body: Any) -> str | None:
@@ -114,22 +116,19 @@ class PlanetScaleAdapter:
         }
 
     def _organization_url(self, name: str) -> str:
-        return self._http.url("organizations/" + quote(name, safe=""))
-
-    def _cursor_url(self, cursor: str) -> str:
-        # Cursors come back from clients: only an absolute link on the upstream's own origin
-        # (what this adapter hands out) may receive the tenant's service token.
-        parts = urlsplit(cursor)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidCursor(_PROVIDER, "planetscale cursor is not a next-page link")
-        return same_origin_url(self._http.settings.base_url, cursor, _PROVIDER)
+        return self._http.url(f"{_LIST_PATH}/{path_segment(name, _PROVIDER)}")
 
     def _next_link(self, response: UpstreamResponse, body: Mapping[str, Any]) -> str | None:
         link = body.get("next_page_url")
         if isinstance(link, str) and link:
             # A relative link is relative to the page it came in.
-            target = same_origin_url(
-                self._http.settings.base_url, urljoin(response.url, link), _PROVIDER
+            target = page_link(
+                self._http.settings.base_url,
+                _LIST_PATH,
+                link,
+                _PROVIDER,
+                relative_to=response.url,
+                error=BadUpstreamResponse,
             )
         else:
             next_page = body.get("next_page")
@@ -140,7 +139,7 @@ class PlanetScaleAdapter:
             # next_page without its URL: ask for that page the way the docs describe.
             target = str(
                 httpx.URL(
-                    self._http.url("organizations"),
+                    self._http.url(_LIST_PATH),
                     params={"page": next_page, "per_page": MAX_PER_PAGE},
                 )
             )
@@ -152,10 +151,13 @@ class PlanetScaleAdapter:
         self, credentials: ProviderCredentials, *, cursor: str | None = None
     ) -> OrganizationPage:
         if cursor is None:
-            url = self._http.url("organizations")
+            url = self._http.url(_LIST_PATH)
             params: dict[str, str | int] | None = {"page": 1, "per_page": MAX_PER_PAGE}
         else:
-            url, params = self._cursor_url(cursor), None
+            # Cursors come back from clients: only a page of this list (what this adapter
+            # hands out) may receive the tenant's service token.
+            url = page_link(self._http.settings.base_url, _LIST_PATH, cursor, _PROVIDER)
+            params = None
         response = await self._http.request(
             "GET", url, credentials=credentials, headers=self._headers(credentials), params=params
         )

@@ -19,24 +19,39 @@ Upstream calls per method:
 * ``list_subscriptions``: ``GET /organizations/{id}/subscriptions?page[size]=100``, then every
   ``_links.next.href`` until there is none.
 * ``get_usage``: the same subscription walk (``UpstreamHttp``'s per-request memo shares the GETs
-  with ``list_subscriptions``), summing environments and user_licenses (COUNT) and storage
-  (MiB x 1048576, BYTES) over every subscription; no limits, no history.
+  with ``list_subscriptions``); no history. See below.
 * ``update_organization``: unsupported (DESIGN keeps the mutation to CapyDB and PlanetScale).
+
+Every next-page link, from a client's cursor or from ``_links``, is checked by ``page_link``: an
+organizations page must be a page of ``{base_url}/organizations``, a subscriptions page one of
+``{base_url}/organizations/{id}/subscriptions`` of the organization being walked (only the
+query may differ). Ids that cannot name an organization (empty, ``.``, ``..``, not UTF-8) are
+``UpstreamNotFound`` without a call.
+
+Usage, over the subscriptions that are not deleted (the spec's Subscription schema: what a
+subscription *allows* is ``environments``, "the number of environments which can be
+provisioned", and ``storage``, "the total storage available to each environment, in MiB";
+what it *uses* is ``user_licenses``, "chargeable users who currently have access"):
+
+* ``projects`` (COUNT): how many subscriptions (one project each);
+* ``user_licenses`` (COUNT): Σ user_licenses;
+* ``environments`` (COUNT): value null (no usage figure), limit Σ environments;
+* ``storage_bytes`` (BYTES): value null, limit Σ (storage x environments) x 1048576.
+
+An absent or null number counts as 0; one that is not a number is ``BadUpstreamResponse``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import quote, urljoin
 
 from providers.base import (
     AccessToken,
     AccessTokenCache,
     BadUpstreamResponse,
     CallCosts,
-    InvalidCursor,
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
@@ -49,7 +64,6 @@ from providers.base import (
     SubscriptionStatus,
     UpstreamError,
     UpstreamHttp,
-    UpstreamNotFound,
     UpstreamResponse,
     UsageMetricRecord,
     UsageRecord,
@@ -57,9 +71,10 @@ from providers.base import (
     opt_datetime,
     opt_float,
     opt_str,
+    page_link,
     parse_token_response,
+    path_segment,
     req_str,
-    same_origin_url,
     token_exchange_error,
 )
 
@@ -73,6 +88,7 @@ _MAX_PAGES = 1000
 """A subscription walk longer than this is an upstream loop, not data (100 000 projects)."""
 _DEFAULT_EXPIRES_IN = 900.0
 _BYTES_PER_MIB = 1024 * 1024
+_LIST_PATH = "/organizations"
 
 _PROVIDER = ProviderName.UPSUN
 
@@ -160,6 +176,52 @@ def _items(body: Any, what: str) -> Sequence[Any]:
     return items
 
 
+def _count(item: Mapping[str, Any], key: str) -> float:
+    """A subscription's number; absent or null counts as nothing."""
+    return opt_float(item, key, _PROVIDER) or 0.0
+
+
+def _usage(subscriptions: Iterable[Mapping[str, Any]]) -> UsageRecord:
+    """DESIGN's Upsun usage row over the (non-deleted) ``subscriptions``; see the module
+    docstring for what each field of the spec's Subscription means."""
+    projects = user_licenses = environments = storage_bytes = 0.0
+    for item in subscriptions:
+        projects += 1
+        user_licenses += _count(item, "user_licenses")
+        allowed = _count(item, "environments")
+        environments += allowed
+        # ``storage`` is MiB available to *each* environment.
+        storage_bytes += _count(item, "storage") * allowed * _BYTES_PER_MIB
+    return UsageRecord(
+        metrics=(
+            UsageMetricRecord(
+                key="projects", label="Projects", value=projects, unit=UsageUnit.COUNT
+            ),
+            UsageMetricRecord(
+                key="user_licenses",
+                label="User licenses",
+                value=user_licenses,
+                unit=UsageUnit.COUNT,
+            ),
+            # Allowances only: the API reports no figure of environments or storage in use.
+            UsageMetricRecord(
+                key="environments",
+                label="Environments",
+                value=None,
+                limit=environments,
+                unit=UsageUnit.COUNT,
+            ),
+            UsageMetricRecord(
+                key="storage_bytes",
+                label="Storage",
+                value=None,
+                limit=storage_bytes,
+                unit=UsageUnit.BYTES,
+            ),
+        )
+    )
+
+
 class UpsunAdapter:
     """Upsun / Platform.sh through one pooled ``UpstreamHttp`` and one token cache."""
 
@@ -217,8 +279,9 @@ class UpsunAdapter:
 
     # ---------------------------------------------------------------------------- links
 
-    def _next_href(self, body: Mapping[str, Any], response_url: str) -> str | None:
-        """``_links.next.href`` resolved against the page it came from; None on the last page."""
+    def _next_href(self, body: Mapping[str, Any], response_url: str, list_path: str) -> str | None:
+        """``_links.next.href``, resolved against the page it came from and checked to be a page
+        of ``list_path``; None on the last page."""
         links = body.get("_links")
         if links is None:
             return None
@@ -234,12 +297,14 @@ class UpsunAdapter:
             return None
         if not isinstance(href, str):
             raise BadUpstreamResponse(_PROVIDER, "upsun '_links.next.href' is not a string")
-        try:
-            return same_origin_url(self.settings.base_url, urljoin(response_url, href), _PROVIDER)
-        except InvalidCursor:
-            raise BadUpstreamResponse(
-                _PROVIDER, "upsun pagination link points off-origin"
-            ) from None
+        return page_link(
+            self.settings.base_url,
+            list_path,
+            href,
+            _PROVIDER,
+            relative_to=response_url,
+            error=BadUpstreamResponse,
+        )
 
     # ---------------------------------------------------------------------------- reads
 
@@ -247,17 +312,15 @@ class UpsunAdapter:
         self, credentials: ProviderCredentials, *, cursor: str | None = None
     ) -> OrganizationPage:
         if cursor is None:
-            url = self._http.url("/organizations")
+            url = self._http.url(_LIST_PATH)
             params: Mapping[str, str | int] | None = {"page[size]": PAGE_SIZE}
         else:
-            if not isinstance(cursor, str) or not cursor.strip():
-                raise InvalidCursor(_PROVIDER, "upsun cursor is empty")
-            url = same_origin_url(self.settings.base_url, cursor, _PROVIDER)
+            url = page_link(self.settings.base_url, _LIST_PATH, cursor, _PROVIDER)
             params = None
         response = await self._get(credentials, url, params)
         body = response.body
         organizations = tuple(_organization(item) for item in _items(body, "organizations"))
-        next_url = self._next_href(body, response.url)
+        next_url = self._next_href(body, response.url, _LIST_PATH)
         if next_url is not None and next_url in (url, response.url):
             raise BadUpstreamResponse(_PROVIDER, "upsun next page link points at the same page")
         return OrganizationPage(organizations=organizations, next_cursor=next_url)
@@ -265,20 +328,15 @@ class UpsunAdapter:
     async def get_organization(
         self, credentials: ProviderCredentials, provider_id: str
     ) -> OrganizationRecord:
-        # "" and dot segments would address another resource once the URL is normalised.
-        if not provider_id or not provider_id.strip("."):
-            raise UpstreamNotFound(_PROVIDER, "upsun has no organization with that id")
-        response = await self._get(
-            credentials, self._http.url(f"/organizations/{quote(provider_id, safe='')}")
-        )
+        segment = path_segment(provider_id, _PROVIDER)
+        response = await self._get(credentials, self._http.url(f"{_LIST_PATH}/{segment}"))
         return _organization(response.body)
 
     async def _subscription_items(
         self, credentials: ProviderCredentials, organization_id: str
     ) -> list[Any]:
-        if not organization_id or not organization_id.strip("."):
-            raise UpstreamNotFound(_PROVIDER, "upsun has no organization with that id")
-        url = self._http.url(f"/organizations/{quote(organization_id, safe='')}/subscriptions")
+        list_path = f"{_LIST_PATH}/{path_segment(organization_id, _PROVIDER)}/subscriptions"
+        url = self._http.url(list_path)
         params: Mapping[str, str | int] | None = {"page[size]": PAGE_SIZE}
         seen: set[str] = set()
         items: list[Any] = []
@@ -286,7 +344,7 @@ class UpsunAdapter:
             response = await self._get(credentials, url, params)
             seen.update((url, response.url))
             items.extend(_items(response.body, "subscriptions"))
-            next_url = self._next_href(response.body, response.url)
+            next_url = self._next_href(response.body, response.url, list_path)
             if next_url is None:
                 return items
             if next_url in seen:
@@ -305,34 +363,7 @@ class UpsunAdapter:
         self, credentials: ProviderCredentials, organization: OrganizationRecord
     ) -> UsageRecord | None:
         subscriptions = await self.list_subscriptions(credentials, organization)
-        environments = user_licenses = storage_mib = 0.0
-        for subscription in subscriptions:
-            raw = subscription.raw
-            environments += opt_float(raw, "environments", _PROVIDER) or 0.0
-            user_licenses += opt_float(raw, "user_licenses", _PROVIDER) or 0.0
-            storage_mib += opt_float(raw, "storage", _PROVIDER) or 0.0
-        return UsageRecord(
-            metrics=(
-                UsageMetricRecord(
-                    key="environments",
-                    label="Environments",
-                    value=environments,
-                    unit=UsageUnit.COUNT,
-                ),
-                UsageMetricRecord(
-                    key="user_licenses",
-                    label="User licenses",
-                    value=user_licenses,
-                    unit=UsageUnit.COUNT,
-                ),
-                UsageMetricRecord(
-                    key="storage_bytes",
-                    label="Storage",
-                    value=storage_mib * _BYTES_PER_MIB,
-                    unit=UsageUnit.BYTES,
-                ),
-            )
-        )
+        return _usage(s.raw for s in subscriptions if s.status is not SubscriptionStatus.DELETED)
 
     # ---------------------------------------------------------------------------- writes
 

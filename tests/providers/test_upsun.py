@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +55,7 @@ PREFIX = "/upsun/api"
 ACME = ProviderCredentials(demo_credentials("acme", OPTIONS))
 GLOBEX = ProviderCredentials(demo_credentials("globex", OPTIONS))
 MIB = 1048576
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "upstreams" / "upsun.openapi.json"
 
 
 # One pooled client for the tests' own calls: a fresh httpx client per call costs ~50 ms (TLS
@@ -508,30 +510,92 @@ async def test_subscriptions_normalised_across_pages(
     assert any(r["project_id"] is None for r in raw_items)
 
 
-async def test_usage_sums_subscriptions(main: ServedApp, adapter: UpsunAdapter) -> None:
+def _expected_usage(raw_items: list[dict[str, Any]]) -> dict[str, tuple[float | None, Any]]:
+    """DESIGN's Upsun usage row computed from the subscriptions as the API serves them:
+    (value, limit) per key, over the subscriptions that are not deleted."""
+    live = [r for r in raw_items if r["status"] != "deleted"]
+    return {
+        "projects": (float(len(live)), None),
+        "user_licenses": (float(sum(r["user_licenses"] for r in live)), None),
+        "environments": (None, float(sum(r["environments"] for r in live))),
+        "storage_bytes": (None, float(sum(r["storage"] * r["environments"] for r in live) * MIB)),
+    }
+
+
+async def test_usage_normalisation(main: ServedApp, adapter: UpsunAdapter) -> None:
     raw_items = _api(main, f"/organizations/{_org_id(main, 3)}/subscriptions").json()["items"]
+    assert any(r["status"] == "deleted" for r in raw_items)  # and they are left out
     usage = await adapter.get_usage(GLOBEX, _org(main, 3))
     assert usage is not None and usage.history == ()
-    metrics = {m.key: m for m in usage.metrics}
-    assert set(metrics) == {"environments", "user_licenses", "storage_bytes"}
-    assert metrics["environments"].value == sum(r["environments"] for r in raw_items)
-    assert metrics["user_licenses"].value == sum(r["user_licenses"] for r in raw_items)
-    storage = sum(r["storage"] for r in raw_items) * MIB
-    assert storage > 0 and metrics["storage_bytes"].value == storage
-    assert metrics["storage_bytes"].unit is UsageUnit.BYTES
-    assert metrics["storage_bytes"].label == "Storage"
-    assert metrics["environments"].unit is metrics["user_licenses"].unit is UsageUnit.COUNT
-    assert all(m.limit is None for m in usage.metrics)
+    assert [m.key for m in usage.metrics] == [
+        "projects",
+        "user_licenses",
+        "environments",
+        "storage_bytes",
+    ]
+    expected = _expected_usage(raw_items)
+    assert {m.key: (m.value, m.limit) for m in usage.metrics} == expected
+    assert expected["storage_bytes"][1] > 0 and expected["user_licenses"][0] > 0
+    units = {m.key: m.unit for m in usage.metrics}
+    assert units == {
+        "projects": UsageUnit.COUNT,
+        "user_licenses": UsageUnit.COUNT,
+        "environments": UsageUnit.COUNT,
+        "storage_bytes": UsageUnit.BYTES,
+    }
+    labels = {m.key: m.label for m in usage.metrics}
+    assert labels == {
+        "projects": "Projects",
+        "user_licenses": "User licenses",
+        "environments": "Environments",
+        "storage_bytes": "Storage",
+    }
+
+
+def test_sandbox_subscriptions_carry_the_spec_fields(main: ServedApp) -> None:
+    """``environments`` (allowance), ``storage`` (MiB per environment, multiples of 1024),
+    ``user_licenses`` (chargeable users now) are integers; ``status`` is from the spec's enum."""
+    if not SPEC.exists():
+        pytest.skip("the public spec excerpts are not next to this checkout")
+    spec = json.loads(SPEC.read_text())["components"]["schemas"]["Subscription"]["properties"]
+    for index in (0, 3, 7):
+        items = _api(
+            main,
+            f"/organizations/{_org_id(main, index)}/subscriptions",
+            credentials=(ACME if index % 2 == 0 else GLOBEX),
+        ).json()["items"]
+        for item in items:
+            for key in ("environments", "storage", "user_licenses"):
+                assert spec[key]["type"] == "integer"
+                assert isinstance(item[key], int) and not isinstance(item[key], bool)
+            assert item["environments"] >= 1
+            assert item["storage"] > 0 and item["storage"] % 1024 == 0
+            assert item["status"] in spec["status"]["enum"]
+            if item["status"] in ("requested", "provisioning failure"):
+                assert item["user_licenses"] == 0  # no project yet, so no users
+
+
+async def test_usage_over_all_pages(
+    main: ServedApp, paged: ServedApp, paged_adapter: UpsunAdapter
+) -> None:
+    # The same data set unpaged (main) gives the expectation; the adapter walks pages of two.
+    path = f"/organizations/{_org_id(paged, 7)}/subscriptions"
+    raw_items = _api(main, path).json()["items"]
+    assert len(raw_items) == 5 and len(_api(paged, path).json()["items"]) == 2
+    usage = await paged_adapter.get_usage(GLOBEX, _org(paged, 7))
+    assert usage is not None
+    assert {m.key: (m.value, m.limit) for m in usage.metrics} == _expected_usage(raw_items)
 
 
 async def test_org_without_subscriptions(main: ServedApp, adapter: UpsunAdapter) -> None:
     assert await adapter.list_subscriptions(GLOBEX, _org(main, 1)) == ()
     usage = await adapter.get_usage(GLOBEX, _org(main, 1))
     assert usage is not None
-    assert [(m.key, m.value) for m in usage.metrics] == [
-        ("environments", 0.0),
-        ("user_licenses", 0.0),
-        ("storage_bytes", 0.0),
+    assert [(m.key, m.value, m.limit) for m in usage.metrics] == [
+        ("projects", 0.0, None),
+        ("user_licenses", 0.0, None),
+        ("environments", None, 0.0),
+        ("storage_bytes", None, 0.0),
     ]
 
 
@@ -541,13 +605,37 @@ async def test_unknown_subscription_status_and_null_items(
     path = f"/organizations/{_org_id(main, 3)}/subscriptions"
     _fault(main, body=json.dumps({"items": None, "_links": {}}), path_prefix=path, times=1)
     assert await adapter.list_subscriptions(GLOBEX, _org(main, 3)) == ()
-    odd = {"items": [{"id": 7, "status": "paused", "storage": None}], "_links": {"self": {}}}
+    odd = {
+        "items": [
+            {"id": 7, "status": "paused", "storage": None},
+            {"id": 8, "status": "Deleted", "environments": 3, "storage": 1024, "user_licenses": 2},
+        ],
+        "_links": {"self": {}},
+    }
     _fault(main, body=json.dumps(odd), path_prefix=path, times=2)
-    (record,) = await adapter.list_subscriptions(GLOBEX, _org(main, 3))
+    record, deleted = await adapter.list_subscriptions(GLOBEX, _org(main, 3))
     assert record.provider_id == "7" and record.status is SubscriptionStatus.UNKNOWN
     assert record.provider_status == "paused" and record.plan is None
+    assert deleted.status is SubscriptionStatus.DELETED
     usage = await adapter.get_usage(GLOBEX, _org(main, 3))
-    assert usage is not None and all(m.value == 0 for m in usage.metrics)
+    assert usage is not None
+    # The unknown status counts as a project; absent numbers count as nothing; deleted is out.
+    assert [(m.key, m.value, m.limit) for m in usage.metrics] == [
+        ("projects", 1.0, None),
+        ("user_licenses", 0.0, None),
+        ("environments", None, 0.0),
+        ("storage_bytes", None, 0.0),
+    ]
+
+
+async def test_non_numeric_allowance_is_a_bad_response(
+    main: ServedApp, adapter: UpsunAdapter
+) -> None:
+    path = f"/organizations/{_org_id(main, 3)}/subscriptions"
+    odd = {"items": [{"id": 7, "status": "active", "environments": "many"}], "_links": {}}
+    _fault(main, body=json.dumps(odd), path_prefix=path, times=1)
+    with pytest.raises(BadUpstreamResponse):
+        await adapter.get_usage(GLOBEX, _org(main, 3))
 
 
 async def test_usage_and_subscriptions_share_one_walk(
