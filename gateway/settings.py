@@ -157,7 +157,7 @@ _SERVER_KEYS: tuple[tuple[str, type], ...] = (
     ("max_upstream_calls", int),
     ("cursor_secret", str),
 )
-_ORIGIN = re.compile(r"^https?://[^/\s]+$")
+_ORIGIN = re.compile(r"^https?://[^/\s]+/?$")
 
 
 def _server(table: Mapping[str, Any]) -> ServerSettings:

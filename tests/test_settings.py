@@ -79,6 +79,15 @@ def _with(path: str, value: object) -> dict:
         ("server.workers", 0, "workers"),
         ("cache.backend", "redis", "cache.url"),
         ("cache.ttl_seconds", -1, "ttl_seconds"),
+        ("server.cors_origins", "https://a.example", "cors_origins"),
+        ("server.cors_origins", ["https://a.example/path"], "cors_origins"),
+        ("server.cursor_secret", "short", "cursor_secret must be at least 16"),
+        ("server.max_body_bytes", 10, "max_body_bytes must be at least 100"),
+        ("server.max_upstream_calls", -1, "max_upstream_calls must not be negative"),
+        ("server.max_aliases", "30", "server.max_aliases has the wrong type"),
+        ("tenants.acme.rate_limit_per_minute", 0, "rate_limit_per_minute must be at least 1"),
+        ("tenants.acme.burst", 5, "burst needs rate_limit_per_minute"),
+        ("tenants.acme.colour", "blue", "unknown key(s) colour"),
     ],
 )
 def test_bad_configs_name_the_problem_and_never_the_secret(
@@ -113,3 +122,31 @@ def test_authentication_failures(header: str | None) -> None:
     with pytest.raises(GatewayError) as err:
         directory.authenticate(header)
     assert err.value.code is ErrorCode.UNAUTHENTICATED
+
+
+def test_hardening_keys_are_read() -> None:
+    data = _with("server.cors_origins", ["https://dash.example.com/"])
+    data["server"].update(
+        max_aliases=5,
+        max_selections=50,
+        max_body_bytes=5000,
+        max_query_bytes=4000,
+        max_upstream_calls=7,
+        cursor_secret="env:TEST_CURSOR_SECRET",
+    )
+    data["tenants"]["acme"].update(rate_limit_per_minute=60, burst=5)
+    settings = parse_settings(
+        data, env={"TEST_CAPY_KEY": "x", "TEST_CURSOR_SECRET": "0123456789abcdef0123"}
+    )
+    server = settings.server
+    assert server.cors_origins == ("https://dash.example.com",)
+    assert (server.max_aliases, server.max_selections, server.max_upstream_calls) == (5, 50, 7)
+    assert (server.max_body_bytes, server.max_query_bytes) == (5000, 4000)
+    assert server.cursor_secret == "0123456789abcdef0123"
+    assert "0123456789abcdef0123" not in repr(server)
+    (tenant,) = settings.tenants
+    assert (tenant.rate_limit_per_minute, tenant.burst) == (60, 5)
+    defaults = parse_settings(GOOD, env={"TEST_CAPY_KEY": "x"})
+    assert defaults.server.max_upstream_calls == 50 and defaults.server.max_aliases == 30
+    assert defaults.server.cors_origins == () and defaults.server.cursor_secret is None
+    assert defaults.tenants[0].rate_limit_per_minute is None
