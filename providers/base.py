@@ -397,7 +397,8 @@ class OperationUnsupported(UpstreamError):
 
 
 class InvalidCursor(UpstreamError):
-    """A pagination cursor that this adapter did not produce (or that points off-origin)."""
+    """A pagination cursor that this adapter did not produce: for link-paginated APIs, one that
+    is not a page of the list it claims to continue (see ``page_link``)."""
 
     code = "BAD_USER_INPUT"
 
@@ -763,8 +764,8 @@ class UpstreamHttp:
     ) -> None:
         self.provider = provider
         self.settings = settings
+        # Times each exchange for ``CallMemo.record_call``; tests pass a fake one.
         self._clock = clock
-        """Times each exchange for ``CallMemo.record_call`` (tests pass a fake one)."""
         self._error_detail = error_detail
         self._status_errors = {**_STATUS_ERRORS, **(status_errors or {})}
         limits = httpx.Limits(
