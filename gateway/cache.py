@@ -210,6 +210,11 @@ def _unpack(entry: Mapping[str, Any]) -> UpstreamResponse:
     )
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(frozen=True, slots=True)
 class StaleRead:
     provider: ProviderName
@@ -320,6 +325,8 @@ class CacheLayer:
             task = asyncio.ensure_future(fetch())
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+            # Every caller may be gone when it fails: mark the failure seen, not "never retrieved".
+            task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
 
     # ------------------------------------------------------------------ generations
@@ -499,6 +506,7 @@ class RequestScope(CallMemo):
             task = self._generation_tasks.get(pair)
             if task is None:
                 task = asyncio.ensure_future(self.layer.generations([pair]))
+                task.add_done_callback(_retrieve)
                 self._generation_tasks[pair] = task
             (generation,) = await asyncio.shield(task)
             self.used.deps.setdefault(pair, generation)

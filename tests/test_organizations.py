@@ -250,13 +250,26 @@ def test_subscriptions_and_usage_upsun(gw: Deployment) -> None:
     )
     orgs = data["organizations"]["nodes"]
     assert any(len(o["subscriptions"]["nodes"]) > 3 for o in orgs), "no org pages its subs"
+    assert any(s["raw"]["status"] == "deleted" for o in orgs for s in o["subscriptions"]["nodes"])
     for org in orgs:
-        items = [s["raw"] for s in org["subscriptions"]["nodes"]]
+        # DESIGN: usage is over non-deleted subscriptions; environments and storage are
+        # allowances (limits, no value), projects and user licenses are what is used.
+        live = [s["raw"] for s in org["subscriptions"]["nodes"] if s["raw"]["status"] != "deleted"]
         metrics = _usage(org)
-        assert metrics["storage_bytes"]["value"] == sum(i["storage"] for i in items) * 1048576
+        projects = metrics["projects"]
+        assert (projects["value"], projects["limit"], projects["unit"]) == (
+            len(live),
+            None,
+            "COUNT",
+        )
+        assert metrics["user_licenses"]["value"] == sum(i["user_licenses"] for i in live)
+        assert metrics["environments"]["value"] is None
+        assert metrics["environments"]["limit"] == sum(i["environments"] for i in live)
+        assert metrics["storage_bytes"]["value"] is None
         assert metrics["storage_bytes"]["unit"] == "BYTES"
-        assert metrics["environments"]["value"] == sum(i["environments"] for i in items)
-        assert metrics["user_licenses"]["value"] == sum(i["user_licenses"] for i in items)
+        assert metrics["storage_bytes"]["limit"] == sum(
+            i["storage"] * i["environments"] * 1048576 for i in live
+        )
         for sub in org["subscriptions"]["nodes"]:
             assert sub["providerStatus"] == sub["raw"]["status"]
             assert sub["plan"] == sub["raw"]["plan"]
