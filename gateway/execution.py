@@ -38,15 +38,9 @@ from graphql import (
     validate,
 )
 
+from gateway.cost import cost_variable_key, cost_variables, estimate_upstream_calls
 from gateway.errors import ErrorCode
-from gateway.limits import (
-    check_document,
-    check_query_bytes,
-    cost_variable_key,
-    cost_variables,
-    estimate_upstream_calls,
-    too_complex,
-)
+from gateway.limits import check_document, check_query_bytes, too_complex
 from providers.base import CallCosts, ProviderName
 
 __all__ = ["Executor", "PreparedOperation"]

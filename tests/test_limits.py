@@ -1,4 +1,5 @@
-"""Query limits (``gateway.limits``) and how the Executor applies them.
+"""Query limits (``gateway.limits``), the upstream-call estimate (``gateway.cost``) and how the
+Executor applies them.
 
 Linear validation (fragment bombs, repeated fields), aliases, document size, the byte-bounded
 parse cache, suggestions hidden with introspection, and the static upstream-call estimate.
@@ -32,14 +33,9 @@ from graphql import (
 )
 
 import gateway.execution
+from gateway.cost import UpstreamCallEstimator, estimate_upstream_calls
 from gateway.execution import Executor
-from gateway.limits import (
-    DocumentMeasure,
-    UpstreamCallEstimator,
-    check_document,
-    check_query_bytes,
-    estimate_upstream_calls,
-)
+from gateway.limits import DocumentMeasure, check_document, check_query_bytes
 from gateway.schema import build_schema
 from providers.base import CallCosts, ProviderName
 from tests.conftest import Deployment
