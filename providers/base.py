@@ -877,23 +877,21 @@ class UpstreamHttp:
     ) -> UpstreamResponse:
         """``_send``, reported to ``memo`` (successes and failures; a cancelled exchange is no
         finding about the upstream and is not reported)."""
-        if memo is None:
-            return await self._send(
-                method, url, credentials, headers, params, json, data, auth, expect_json
-            )
         started = self._clock()
         try:
             response = await self._send(
                 method, url, credentials, headers, params, json, data, auth, expect_json
             )
         except UpstreamError as exc:
-            memo.record_call(
-                self.provider, seconds=self._clock() - started, status=exc.status, error=exc
-            )
+            if memo is not None:
+                memo.record_call(
+                    self.provider, seconds=self._clock() - started, status=exc.status, error=exc
+                )
             raise
-        memo.record_call(
-            self.provider, seconds=self._clock() - started, status=response.status, error=None
-        )
+        if memo is not None:
+            memo.record_call(
+                self.provider, seconds=self._clock() - started, status=response.status, error=None
+            )
         return response
 
     async def _send(

@@ -8,7 +8,8 @@ Tenants of the test deployment:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from gateway.settings import Settings, load_settings
 from gateway.tenancy import hash_api_key
 from providers.base import ProviderName, load_sandbox_module
 from providers.sandbox_kit import SandboxOptions
-from tests.support import ServedApp, http, serve_app
+from tests.support import ServedApp, http, serve_app, serve_sandboxes
 
 # Pages of at most 3 force the gateway to walk several upstream pages per provider.
 SANDBOX_OPTIONS = SandboxOptions(orgs=14, max_page_size=3, rate_limits=False)
@@ -55,8 +56,10 @@ def _inline(table: dict[str, Any]) -> str:
     return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in table.items()) + " }"
 
 
-def sandbox_credentials(provider: ProviderName, account: str) -> dict[str, str]:
-    creds: dict[str, str] = load_sandbox_module(provider).demo_credentials(account, SANDBOX_OPTIONS)
+def sandbox_credentials(
+    provider: ProviderName, account: str, options: SandboxOptions = SANDBOX_OPTIONS
+) -> dict[str, str]:
+    creds: dict[str, str] = load_sandbox_module(provider).demo_credentials(account, options)
     return creds
 
 
@@ -78,10 +81,12 @@ def write_config(
     provider_ttls: dict[ProviderName, float] | None = None,
     server: dict[str, Any] | None = None,
     tenant_limits: dict[str, dict[str, int]] | None = None,
+    options: SandboxOptions = SANDBOX_OPTIONS,
 ) -> Path:
     """A gateway config over ``sandboxes`` with the four test tenants. ``server`` replaces the
     [server] table (default: a low max_depth and an upstream-call budget that lets the tests
-    walk the sandboxes' deliberately small pages); ``tenant_limits`` adds rate-limit keys."""
+    walk the sandboxes' deliberately small pages); ``tenant_limits`` adds rate-limit keys;
+    ``options`` are the sandboxes' (their accounts' credentials depend on them)."""
     server = server if server is not None else {"max_depth": 8, "max_upstream_calls": 1000}
     lines = ["[server]"]
     for key, value in server.items():
@@ -103,13 +108,13 @@ def write_config(
             lines.append(f"token_url = {_toml_value(served.url + token_path)}")
         lines.append("")
     tenants: dict[str, dict[ProviderName, dict[str, str]]] = {
-        "acme": {p: sandbox_credentials(p, "acme") for p in ProviderName},
-        "globex": {p: sandbox_credentials(p, "globex") for p in ProviderName},
+        "acme": {p: sandbox_credentials(p, "acme", options) for p in ProviderName},
+        "globex": {p: sandbox_credentials(p, "globex", options) for p in ProviderName},
         "partial": {
-            p: sandbox_credentials(p, "acme")
+            p: sandbox_credentials(p, "acme", options)
             for p in (ProviderName.CAPYDB, ProviderName.PLANETSCALE)
         },
-        "broken": {p: broken(sandbox_credentials(p, "acme")) for p in ProviderName},
+        "broken": {p: broken(sandbox_credentials(p, "acme", options)) for p in ProviderName},
     }
     for name, creds in tenants.items():
         lines.append(f"[tenants.{name}]")
@@ -171,17 +176,8 @@ class Deployment:
 
 @pytest.fixture(scope="session")
 def sandboxes() -> Iterator[dict[ProviderName, ServedApp]]:
-    served: dict[ProviderName, ServedApp] = {}
-    stack = []
-    try:
-        for provider in ProviderName:
-            ctx = serve_app(load_sandbox_module(provider).create_app(options=SANDBOX_OPTIONS))
-            served[provider] = ctx.__enter__()
-            stack.append(ctx)
+    with serve_sandboxes(SANDBOX_OPTIONS) as served:
         yield served
-    finally:
-        for ctx in reversed(stack):
-            ctx.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")
@@ -200,3 +196,28 @@ def gw(deployment: Deployment) -> Iterator[Deployment]:
     deployment.reset_sandboxes()
     yield deployment
     deployment.reset_sandboxes()
+
+
+MakeGateway = Callable[..., Deployment]
+
+
+@pytest.fixture
+def make_gateway(sandboxes: dict[ProviderName, ServedApp], tmp_path: Path) -> Iterator[MakeGateway]:
+    """Fresh gateways (fresh caches, limits, secrets) over the shared sandboxes:
+    ``make_gateway(**write_config keywords)``; sandbox faults and logs are clean around it."""
+    stack = ExitStack()
+
+    def make(**config: Any) -> Deployment:
+        path = write_config(tmp_path / f"cfg{len(stack._exit_callbacks)}.toml", sandboxes, **config)
+        settings = load_settings(path)
+        served = stack.enter_context(serve_app(create_app(settings)))
+        return Deployment(served.url, sandboxes, settings)
+
+    for served in sandboxes.values():
+        served.clear_faults()
+        served.clear_requests()
+    with stack:
+        yield make
+    for served in sandboxes.values():
+        served.clear_faults()
+        served.clear_requests()

@@ -11,13 +11,16 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
 import uvicorn
 
-__all__ = ["ServedApp", "http", "serve_app"]
+from providers.base import ProviderName, load_sandbox_module
+from providers.sandbox_kit import SandboxOptions
+
+__all__ = ["ServedApp", "http", "serve_app", "serve_sandboxes"]
 
 # One client for every test call: building an httpx.Client per call costs ~50 ms of SSL setup.
 http = httpx.Client(timeout=30)
@@ -69,3 +72,15 @@ def serve_app(app: Any, *, host: str = "127.0.0.1") -> Iterator[ServedApp]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextmanager
+def serve_sandboxes(options: SandboxOptions) -> Iterator[dict[ProviderName, ServedApp]]:
+    """All five sandboxes, each on its own loopback port, for the duration of the block."""
+    with ExitStack() as stack:
+        yield {
+            provider: stack.enter_context(
+                serve_app(load_sandbox_module(provider).create_app(options=options))
+            )
+            for provider in ProviderName
+        }

@@ -9,55 +9,35 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import load_settings
 from providers.base import ProviderName
-from tests.conftest import KEYS, Deployment, write_config
-from tests.support import ServedApp, http, serve_app
+from tests.conftest import KEYS, Deployment, MakeGateway
+from tests.support import http
 
 ORG = "query($id: String!) { organization(provider: PLANETSCALE, id: $id) { name billingEmail } }"
 DASHBOARD = """{ organizations(first: 100) { nodes { provider providerId name
   subscriptions(first: 5) { nodes { status } } usage { metrics { key value } } } } }"""
 
-MakeGateway = Callable[..., Deployment]
-
 
 @pytest.fixture
-def make_gateway(sandboxes: dict[ProviderName, ServedApp], tmp_path: Path) -> Iterator[MakeGateway]:
-    """Fresh gateways (fresh caches) over the shared sandboxes, with clean sandbox logs."""
-    stack = ExitStack()
+def make_gateway(make_gateway: MakeGateway) -> MakeGateway:
+    """conftest's factory, with a memory cache unless the test says otherwise."""
 
     def make(
         cache: dict[str, Any] | None = None,
         provider_ttls: dict[ProviderName, float] | None = None,
         timeout: float = 5.0,
     ) -> Deployment:
-        config = write_config(
-            tmp_path / f"cfg{len(stack._exit_callbacks)}.toml",
-            sandboxes,
+        return make_gateway(
             cache=cache or {"backend": "memory", "ttl_seconds": 30, "stale_seconds": 60},
             provider_ttls=provider_ttls,
             timeout=timeout,
         )
-        settings = load_settings(config)
-        served = stack.enter_context(serve_app(create_app(settings)))
-        return Deployment(served.url, sandboxes, settings)
 
-    for served in sandboxes.values():
-        served.clear_faults()
-        served.clear_requests()
-    with stack:
-        yield make
-    for served in sandboxes.values():
-        served.clear_faults()
-        served.clear_requests()
+    return make
 
 
 def upstream_calls(gw: Deployment) -> int:

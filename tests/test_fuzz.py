@@ -39,7 +39,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import graphql
@@ -53,19 +52,17 @@ from hypothesis_graphql import strategies as gql_st
 from gateway.app import create_app
 from gateway.schema import build_schema
 from gateway.settings import Settings, load_settings
-from gateway.tenancy import hash_api_key
 from providers.base import ProviderName, load_sandbox_module
 from providers.sandbox_kit import SandboxOptions
-from tests.conftest import _inline, _toml_value
-from tests.support import ServedApp, serve_app
+from tests.conftest import KEYS, write_config
+from tests.support import ServedApp, serve_app, serve_sandboxes
 
 # Realistic sizes: the upstreams' own page sizes (max_page_size defaults to 100) and enough
 # organizations (60 per account where a provider lists several) that one page of them with
 # subscriptions (one Upsun call per organization) needs more upstream calls than the default
 # limit allows: the limit must then refuse it.
 FUZZ_OPTIONS = SandboxOptions(orgs=120, rate_limits=False)
-ACCOUNT = "acme"
-GATEWAY_KEY = "fuzz-gateway-key"
+GATEWAY_KEY = KEYS["acme"]
 REQUEST_TIMEOUT = 10.0
 DEFAULT_MAX_UPSTREAM_CALLS = 50  # DESIGN.md's default for [server] max_upstream_calls
 
@@ -88,7 +85,6 @@ ERROR_CODES = frozenset(
         "INTERNAL",
     }
 )
-_SECRET_FIELDS = ("api_key", "client_secret", "service_token", "api_token", "access_token")
 
 _EXPLORE = os.environ.get("ORGGRAPH_FUZZ") == "explore"
 
@@ -146,28 +142,6 @@ class FuzzDeployment:
 
     def __repr__(self) -> str:
         return f"FuzzDeployment({self.url})"
-
-
-def _write_config(path: Path, sandboxes: dict[ProviderName, ServedApp]) -> list[str]:
-    """conftest.write_config's shape, but with default [server] limits (it sets max_depth = 8),
-    no response or read cache (every upstream call of a request is then a real, counted one)
-    and one tenant over FUZZ_OPTIONS' accounts. Returns the credential secrets it wrote."""
-    lines = ["[server]", "", "[cache]", 'backend = "none"', ""]
-    credentials: dict[ProviderName, dict[str, str]] = {}
-    for provider, served in sandboxes.items():
-        module = load_sandbox_module(provider)
-        lines += [f"[providers.{provider.key}]", f"base_url = {_toml_value(served.url)}"]
-        token_path = getattr(module, "TOKEN_PATH", None)
-        if token_path:
-            lines.append(f"token_url = {_toml_value(served.url + token_path)}")
-        lines.append("")
-        credentials[provider] = module.demo_credentials(ACCOUNT, FUZZ_OPTIONS)
-    lines += ["[tenants.fuzz]", f'api_keys = ["{hash_api_key(GATEWAY_KEY)}"]']
-    lines.append("[tenants.fuzz.credentials]")
-    lines += [f"{p.key} = {_inline(values)}" for p, values in credentials.items()]
-    path.write_text("\n".join(lines) + "\n")
-    secrets = [v for c in credentials.values() for k, v in c.items() if k in _SECRET_FIELDS]
-    return [*secrets, GATEWAY_KEY]
 
 
 _SEED_ORGANIZATIONS = """
@@ -230,26 +204,29 @@ def _seeds(client: httpx.Client, url: str) -> Seeds:
 
 @pytest.fixture(scope="module")
 def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzDeployment]:
-    served: dict[ProviderName, ServedApp] = {}
-    contexts = []
-    try:
-        for provider in ProviderName:
-            ctx = serve_app(load_sandbox_module(provider).create_app(options=FUZZ_OPTIONS))
-            served[provider] = ctx.__enter__()
-            contexts.append(ctx)
-        config = tmp_path_factory.mktemp("fuzz") / "orggraph.toml"
-        secrets = _write_config(config, served)
+    # Default [server] limits; no response or read cache, so that every upstream call of a
+    # request is a real, counted one.
+    with serve_sandboxes(FUZZ_OPTIONS) as served:
+        config = write_config(
+            tmp_path_factory.mktemp("fuzz") / "orggraph.toml",
+            served,
+            server={},
+            cache={"backend": "none"},
+            options=FUZZ_OPTIONS,
+        )
         settings_ = load_settings(config)
-        gateway_ctx = serve_app(create_app(settings_))
-        gateway = gateway_ctx.__enter__()
-        contexts.append(gateway_ctx)
-        client = httpx.Client(timeout=REQUEST_TIMEOUT)
-        url = gateway.url + "/graphql"
-        yield FuzzDeployment(url, served, settings_, secrets, _seeds(client, url), client)
-        client.close()
-    finally:
-        for ctx in reversed(contexts):
-            ctx.__exit__(None, None, None)
+        secrets = [
+            secret
+            for tenant in settings_.tenants
+            for credentials in tenant.credentials.values()
+            for secret in credentials.secrets()
+        ] + list(KEYS.values())
+        with (
+            serve_app(create_app(settings_)) as gateway,
+            httpx.Client(timeout=REQUEST_TIMEOUT) as client,
+        ):
+            url = gateway.url + "/graphql"
+            yield FuzzDeployment(url, served, settings_, secrets, _seeds(client, url), client)
 
 
 # ---------------------------------------------------------------------------------------------

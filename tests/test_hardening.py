@@ -13,8 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +22,14 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.settings import load_settings
 from providers.base import ProviderName
-from tests.conftest import KEYS, ORG_LIST_PATHS, Deployment, write_config
-from tests.support import ServedApp, http, serve_app
+from tests.conftest import KEYS, ORG_LIST_PATHS, Deployment, MakeGateway
+from tests.support import http, serve_app
 
 AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
 ORGGRAPH = str(Path(sys.executable).parent / "orggraph")
 FIRST_PAGE = """query($after: String) { organizations(first: 2, after: $after) {
   nodes { provider providerId } pageInfo { endCursor hasNextPage } } }"""
-
-MakeGateway = Callable[..., Deployment]
-
-
-@pytest.fixture
-def make_gateway(sandboxes: dict[ProviderName, ServedApp], tmp_path: Path) -> Iterator[MakeGateway]:
-    """Fresh gateways over the shared sandboxes, with clean sandbox logs around the test."""
-    stack = ExitStack()
-
-    def make(**config: Any) -> Deployment:
-        path = write_config(tmp_path / f"cfg{len(stack._exit_callbacks)}.toml", sandboxes, **config)
-        settings = load_settings(path)
-        served = stack.enter_context(serve_app(create_app(settings)))
-        return Deployment(served.url, sandboxes, settings)
-
-    for served in sandboxes.values():
-        served.clear_faults()
-        served.clear_requests()
-    with stack:
-        yield make
-    for served in sandboxes.values():
-        served.clear_faults()
-        served.clear_requests()
 
 
 def codes(response: httpx.Response) -> list[str]:

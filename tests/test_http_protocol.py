@@ -3,38 +3,15 @@ per-key rate limits (memory, and shared through a real redis-server by two gatew
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from gateway.app import create_app
-from gateway.settings import load_settings
 from providers.base import ProviderName
-from tests.conftest import KEYS, Deployment, write_config
-from tests.support import ServedApp, http, serve_app
+from tests.conftest import KEYS, Deployment, MakeGateway
+from tests.support import ServedApp, http
 
 AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 QUERY = "{ organizations(first: 1, providers: [PLANETSCALE]) { nodes { name } } }"
-
-MakeGateway = Callable[..., Deployment]
-
-
-@pytest.fixture
-def make_gateway(sandboxes: dict[ProviderName, ServedApp], tmp_path: Path) -> Iterator[MakeGateway]:
-    stack = ExitStack()
-
-    def make(**config: Any) -> Deployment:
-        path = write_config(tmp_path / f"cfg{len(stack._exit_callbacks)}.toml", sandboxes, **config)
-        settings = load_settings(path)
-        served = stack.enter_context(serve_app(create_app(settings)))
-        return Deployment(served.url, sandboxes, settings)
-
-    with stack:
-        yield make
 
 
 def post(gw: Deployment, body: Any, **headers: str) -> Any:

@@ -26,7 +26,7 @@ from providers.base import (
 )
 from providers.bundle import sandbox as bundle_sandbox
 from providers.sandbox_kit import SandboxOptions
-from tests.support import ServedApp, serve_app
+from tests.support import ServedApp, serve_app, serve_sandboxes
 
 __all__: list[str] = []
 
@@ -36,17 +36,8 @@ OPTIONS = SandboxOptions(orgs=420, rate_limits=False)
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[dict[ProviderName, ServedApp]]:
-    served: dict[ProviderName, ServedApp] = {}
-    stack = []
-    try:
-        for provider in ProviderName:
-            ctx = serve_app(load_sandbox_module(provider).create_app(options=OPTIONS))
-            served[provider] = ctx.__enter__()
-            stack.append(ctx)
+    with serve_sandboxes(OPTIONS) as served:
         yield served
-    finally:
-        for ctx in reversed(stack):
-            ctx.__exit__(None, None, None)
 
 
 @dataclass
