@@ -46,6 +46,7 @@ from providers.base import (
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
+    mark_failure_retrieved,
 )
 
 __all__ = ["CacheLayer", "CallObserver", "RequestScope", "StaleRead", "build_cache"]
@@ -210,11 +211,6 @@ def _unpack(entry: Mapping[str, Any]) -> UpstreamResponse:
     )
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 @dataclass(frozen=True, slots=True)
 class StaleRead:
     provider: ProviderName
@@ -326,7 +322,7 @@ class CacheLayer:
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
             # Every caller may be gone when it fails: mark the failure seen, not "never retrieved".
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(mark_failure_retrieved)
         return await asyncio.shield(task)
 
     # ------------------------------------------------------------------ generations
@@ -506,7 +502,7 @@ class RequestScope(CallMemo):
             task = self._generation_tasks.get(pair)
             if task is None:
                 task = asyncio.ensure_future(self.layer.generations([pair]))
-                task.add_done_callback(_retrieve)
+                task.add_done_callback(mark_failure_retrieved)
                 self._generation_tasks[pair] = task
             (generation,) = await asyncio.shield(task)
             self.used.deps.setdefault(pair, generation)

@@ -11,13 +11,15 @@ import secrets
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from gateway.settings import ConfigError, Settings, load_settings
 from providers.base import ProviderName, load_sandbox_module
-from providers.sandbox_kit import SandboxOptions
+
+if TYPE_CHECKING:
+    from providers.sandbox_kit import SandboxOptions
 
 __all__ = ["app_from_env", "main"]
 
@@ -34,6 +36,7 @@ def app_from_env() -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.demo import DemoOptions
+    from providers.sandbox_kit import SandboxOptions
 
     config_path = args.config or os.environ.get(CONFIG_ENV)
     log_level = "info" if args.verbose else "warning"
@@ -182,6 +185,7 @@ def sandbox_config(
 
 async def _run_sandboxes(args: argparse.Namespace) -> None:
     from gateway.demo import running_sandboxes
+    from providers.sandbox_kit import SandboxOptions
 
     options = SandboxOptions(orgs=args.orgs, seed=args.seed, rate_limits=not args.no_rate_limits)
     ports = {p: args.port_base + i for i, p in enumerate(ProviderName)} if args.port_base else None

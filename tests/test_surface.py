@@ -215,3 +215,17 @@ def test_generated_config_can_name_the_sandbox_host_and_a_redis_cache() -> None:
     assert settings.providers[ProviderName.UPSUN].token_url == "http://sandboxes:9005/oauth2/token"
     assert settings.cache.backend == "redis" and settings.cache.url == "redis://redis:6379/0"
     assert {t.name for t in settings.tenants} == {"acme", "globex"}
+
+
+def test_the_serving_path_imports_no_sandbox_code() -> None:
+    """Sandboxes are demo and test code: a configured gateway must not load them."""
+    probe = (
+        "import sys; import gateway.cli, gateway.app, gateway.settings; "
+        "from providers.base import ProviderName, load_adapter_class; "
+        "[load_adapter_class(p) for p in ProviderName]; "
+        "print(sorted(m for m in sys.modules if 'sandbox' in m))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert out.strip() == "[]"

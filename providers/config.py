@@ -1,0 +1,90 @@
+"""Where an upstream is (``ProviderSettings``) and one tenant's credentials for it.
+
+``ProviderCredentials`` never shows its values in ``repr``; its ``fingerprint`` names the
+credentials in cache keys without revealing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from providers.records import ProviderName
+
+__all__ = [
+    "CredentialsError",
+    "ProviderCredentials",
+    "ProviderSettings",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderSettings:
+    """Where and how to reach one upstream. ``base_url`` is everything before the documented
+    paths and may carry a path prefix; ``token_url`` is only used by token-exchanging providers
+    (LOKE, Upsun) and defaults to a path on ``base_url`` that each adapter documents."""
+
+    base_url: str
+    timeout_seconds: float = 10.0
+    token_url: str | None = None
+    max_connections: int = 100
+    transport: str = "aiohttp"
+    """How requests reach the upstream: "aiohttp" (aiohttp's client directly), "httpx-aiohttp"
+    (the httpx API over aiohttp's pool) or "httpx" (httpx's own pool). bench/RESULTS.md has the
+    measurements behind the default."""
+
+
+class CredentialsError(ValueError):
+    """Credentials in the config are missing a field or have the wrong type.
+
+    The message names the field, never its value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCredentials:
+    """One tenant's credentials for one provider: a small string mapping.
+
+    ``repr`` never shows values; ``fingerprint`` identifies the credentials in cache keys without
+    revealing them."""
+
+    values: Mapping[str, str]
+
+    def __getitem__(self, key: str) -> str:
+        return self.values[key]
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for key in sorted(self.values):
+            digest.update(key.encode())
+            digest.update(b"\0")
+            digest.update(self.values[key].encode())
+            digest.update(b"\0")
+        return digest.hexdigest()[:32]
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(v for v in self.values.values() if v)
+
+    def __repr__(self) -> str:
+        return f"ProviderCredentials(keys={sorted(self.values)!r})"
+
+    @classmethod
+    def parse(
+        cls,
+        values: Mapping[str, Any],
+        *,
+        one_of: Sequence[Sequence[str]],
+        provider: ProviderName,
+    ) -> ProviderCredentials:
+        """Accept ``values`` when every key of at least one alternative in ``one_of`` is a
+        non-empty string; keep only the keys of the first alternative that matches."""
+        for alternative in one_of:
+            if all(isinstance(values.get(k), str) and values.get(k) for k in alternative):
+                return cls({k: str(values[k]) for k in alternative})
+        wanted = " or ".join("+".join(alt) for alt in one_of)
+        raise CredentialsError(f"{provider.key} credentials need {wanted} (non-empty strings)")
