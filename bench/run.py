@@ -511,15 +511,20 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
     if not args.no_record:
-        path = BENCH / "RESULTS.md"
-        existing = (
-            path.read_text()
-            if path.exists()
-            else "# Benchmark results\n\nNewest first. Produced by `make bench` (bench/run.py).\n\n"
-        )
-        head, _, rest = existing.partition("\n## ")
-        path.write_text(head.rstrip() + "\n\n" + text + ("\n## " + rest if rest else ""))
+        record_results(text)
     return 0
+
+
+def record_results(text: str) -> None:
+    """Put a dated section at the top of bench/RESULTS.md (newest first)."""
+    path = BENCH / "RESULTS.md"
+    existing = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark results\n\nNewest first. Produced by `make bench` (bench/run.py).\n\n"
+    )
+    head, _, rest = existing.partition("\n## ")
+    path.write_text(head.rstrip() + "\n\n" + text + ("\n## " + rest if rest else ""))
 
 
 if __name__ == "__main__":

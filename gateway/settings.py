@@ -66,6 +66,9 @@ class ServerSettings:
     survive a restart, nor move between replicas)."""
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the API cross-origin; none by default."""
+    deadline_seconds: float = 10.0
+    """Bound on one request: providers still pending then resolve to null with UPSTREAM_TIMEOUT
+    and the rest is answered. Retries, backoff and token exchanges all live inside it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,7 +145,7 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
 
 
-_SERVER_KEYS: tuple[tuple[str, type], ...] = (
+_SERVER_KEYS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("host", str),
     ("port", int),
     ("workers", int),
@@ -156,6 +159,7 @@ _SERVER_KEYS: tuple[tuple[str, type], ...] = (
     ("max_query_bytes", int),
     ("max_upstream_calls", int),
     ("cursor_secret", str),
+    ("deadline_seconds", (int, float)),
 )
 _ORIGIN = re.compile(r"^https?://[^/\s]+/?$")
 
@@ -175,6 +179,10 @@ def _server(table: Mapping[str, Any]) -> ServerSettings:
                 'server.cors_origins must be a list of origins like "https://app.example.com"'
             )
         kwargs["cors_origins"] = tuple(o.rstrip("/") for o in origins)
+    if "deadline_seconds" in kwargs:
+        kwargs["deadline_seconds"] = float(kwargs["deadline_seconds"])
+        if not 0 < kwargs["deadline_seconds"] <= 3600:
+            raise ConfigError("server.deadline_seconds must be between 0 and 3600 (exclusive of 0)")
     settings = ServerSettings(**kwargs)
     if not 0 <= settings.port <= 65535:
         raise ConfigError("server.port must be between 0 and 65535")
