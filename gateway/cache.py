@@ -365,12 +365,15 @@ class CacheLayer:
             current = await self.generations([(p, c) for p, c, _ in deps])
             if any(g != now for (_, _, g), now in zip(deps, current, strict=True)):
                 return None
+        # Stores keep entries whole seconds (Redis' unit), rounded up; the data's own end
+        # is "until", and past it the answer is stale.
+        fresh_for = float(entry.get("until", 0.0)) - time.time()
         body = entry.get("body")
         if isinstance(body, str):
             body = body.encode()
-        if not isinstance(body, bytes):
+        if not isinstance(body, bytes) or fresh_for <= 0:
             return None
-        return body, max(0.0, float(entry.get("until", 0.0)) - time.time())
+        return body, fresh_for
 
     async def set_response(
         self, key: str, body: bytes, deps: list[tuple[ProviderName, str, int]], ttl: float

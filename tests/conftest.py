@@ -82,11 +82,13 @@ def write_config(
     server: dict[str, Any] | None = None,
     tenant_limits: dict[str, dict[str, int]] | None = None,
     options: SandboxOptions = SANDBOX_OPTIONS,
+    provider_settings: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """A gateway config over ``sandboxes`` with the four test tenants. ``server`` replaces the
     [server] table (default: a low max_depth and an upstream-call budget that lets the tests
     walk the sandboxes' deliberately small pages); ``tenant_limits`` adds rate-limit keys;
-    ``options`` are the sandboxes' (their accounts' credentials depend on them)."""
+    ``options`` are the sandboxes' (their accounts' credentials depend on them);
+    ``provider_settings`` adds keys to ``[providers.<key>]`` tables."""
     server = server if server is not None else {"max_depth": 8, "max_upstream_calls": 1000}
     lines = ["[server]"]
     for key, value in server.items():
@@ -103,6 +105,8 @@ def write_config(
         lines.append(f"timeout_seconds = {timeout}")
         if provider_ttls and provider in provider_ttls:
             lines.append(f"ttl_seconds = {provider_ttls[provider]}")
+        for key, value in (provider_settings or {}).get(provider.key, {}).items():
+            lines.append(f"{key} = {_toml_value(value)}")
         token_path = getattr(load_sandbox_module(provider), "TOKEN_PATH", None)
         if token_path:
             lines.append(f"token_url = {_toml_value(served.url + token_path)}")

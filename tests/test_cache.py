@@ -270,3 +270,20 @@ def test_apq_rejects_a_hash_that_does_not_match(make_gateway: MakeGateway) -> No
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     bad = {"extensions": {"persistedQuery": {"version": 2, "sha256Hash": "abc"}}}
     assert http.post(gw.url + "/graphql", json=bad, headers=auth).status_code == 400
+
+
+async def test_a_stored_response_is_not_served_past_its_data_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stores round entry lifetimes up to whole seconds; the answer itself must still end when
+    its shortest-lived data does (a clock stands in for waiting)."""
+    from gateway.cache import build_cache
+    from gateway.settings import CacheSettings
+
+    now = [1_000.0]
+    monkeypatch.setattr("gateway.cache.time.time", lambda: now[0])
+    layer = build_cache(CacheSettings(backend="memory"), {})
+    await layer.set_response("og:r:t:x", b'{"data":{}}', [], 0.25)
+    assert await layer.get_response("og:r:t:x") == (b'{"data":{}}', 0.25)
+    now[0] += 0.3  # past the data's TTL, well within the store's rounded-up second
+    assert await layer.get_response("og:r:t:x") is None
