@@ -187,7 +187,12 @@ async def _run_sandboxes(args: argparse.Namespace) -> None:
     from gateway.demo import running_sandboxes
     from providers.sandbox_kit import SandboxOptions
 
-    options = SandboxOptions(orgs=args.orgs, seed=args.seed, rate_limits=not args.no_rate_limits)
+    options = SandboxOptions(
+        orgs=args.orgs,
+        seed=args.seed,
+        rate_limits=not args.no_rate_limits,
+        faults=tuple(args.fault),
+    )
     ports = {p: args.port_base + i for i, p in enumerate(ProviderName)} if args.port_base else None
     async with running_sandboxes(options, host=args.host, ports=ports) as urls:
         config = sandbox_config(
@@ -197,6 +202,8 @@ async def _run_sandboxes(args: argparse.Namespace) -> None:
             with open(args.write_config, "w", encoding="utf-8") as handle:
                 handle.write(config)
             print(f"# config written to {args.write_config}")
+        for provider, fault in options.faults:
+            print(f"# fault: {provider}:{fault.spec()}")
         print("# Sandboxes running (Ctrl+C to stop). A gateway config over them:\n")
         print(config)
         sys.stdout.flush()
@@ -205,6 +212,16 @@ async def _run_sandboxes(args: argparse.Namespace) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+
+
+def _fault_arg(text: str) -> Any:
+    """``--fault PROVIDER:SPEC`` → (provider key, Fault); argparse turns a refusal into exit 2."""
+    from providers.sandbox_kit import FaultError, parse_fault_spec
+
+    try:
+        return parse_fault_spec(text)
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -256,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--advertise-host", help="host name the gateway reaches the sandboxes by (containers)"
     )
     sandbox.add_argument("--cache-url", help="redis:// URL for the generated config's cache")
+    sandbox.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        type=_fault_arg,
+        metavar="PROVIDER:SPEC",
+        help="inject a fault from the start (repeatable), e.g. upsun:status=503,rate=0.3; "
+        "SPEC is key=value,… with the keys of POST /__sandbox/faults (see README)",
+    )
     sandbox.set_defaults(handler=_sandbox)
     return parser
 

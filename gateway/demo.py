@@ -12,6 +12,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
@@ -61,10 +62,12 @@ async def running_sandboxes(
 ) -> AsyncIterator[dict[ProviderName, str]]:
     """Serve every sandbox on ``host`` (ephemeral ports unless given); yield their base URLs."""
     servers: list[tuple[_EmbeddedServer, asyncio.Task[None], socket.socket]] = []
+    apps: list[Any] = []
     urls: dict[ProviderName, str] = {}
     try:
         for provider in ProviderName:
             app = load_sandbox_module(provider).create_app(options=options)
+            apps.append(app)
             sock = _bind(host, (ports or {}).get(provider, 0))
             server = _EmbeddedServer(
                 uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
@@ -80,6 +83,10 @@ async def running_sandboxes(
                 await asyncio.sleep(0.01)
         yield urls
     finally:
+        for app in apps:
+            # Held, hung and delayed requests (fault injection) would keep uvicorn's graceful
+            # shutdown waiting for ever; the sandbox answers them now.
+            app.state.sandbox.shutdown()
         for server, _, _ in servers:
             server.should_exit = True
         for _, task, sock in servers:

@@ -652,4 +652,6 @@ def create_app(
         routes,
         error_response=lambda status, message: _error(status, message),
         exception_handlers={404: cannot, 405: cannot},
+        provider="bundle",
+        options=options,
     )

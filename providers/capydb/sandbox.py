@@ -376,6 +376,8 @@ def create_app(
         Route("/v1/organizations/{orgID}", patch_org, methods=["PATCH"]),
         Route("/v1/organizations/{orgID}/usage", usage, methods=["GET"]),
     ]
-    app = build_sandbox_app(routes, error_response=error_response)
+    app = build_sandbox_app(
+        routes, error_response=error_response, provider="capydb", options=options
+    )
     app.state.capydb = data
     return app

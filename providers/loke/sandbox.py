@@ -400,6 +400,6 @@ def create_app(
         Route("/organizations", list_organizations, methods=["GET"]),
         Route("/organizations/{organizationId}", get_organization, methods=["GET"]),
     ]
-    app = build_sandbox_app(routes, error_response=error_response)
+    app = build_sandbox_app(routes, error_response=error_response, provider="loke", options=options)
     app.state.loke_organizations = organizations
     return app

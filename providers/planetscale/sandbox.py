@@ -310,4 +310,6 @@ def create_app(
         Route("/organizations", list_organizations, methods=["GET"]),
         Route("/organizations/{organization}", organization, methods=["GET", "PATCH"]),
     ]
-    return build_sandbox_app(routes, error_response=error_response)
+    return build_sandbox_app(
+        routes, error_response=error_response, provider="planetscale", options=options
+    )

@@ -692,6 +692,8 @@ def create_app(
             methods=["GET"],
         ),
     ]
-    app = build_sandbox_app(routes, error_response=error_response)
+    app = build_sandbox_app(
+        routes, error_response=error_response, provider="upsun", options=options
+    )
     app.state.upsun = state
     return app

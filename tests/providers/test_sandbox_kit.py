@@ -105,3 +105,12 @@ def test_waiting_for_held_requests_gives_up(tiny: ServedApp) -> None:
 def test_unknown_fault_keys_are_refused(tiny: ServedApp) -> None:
     response = httpx.post(tiny.url + "/__sandbox/faults", json={"hold": True, "bogus": 1})
     assert response.status_code == 400
+
+
+def test_waiting_for_hung_requests_gives_up_and_at_most_waits_for_fewer(tiny: ServedApp) -> None:
+    hung = httpx.get(tiny.url + "/__sandbox/hung", params={"at_least": 1, "timeout": 0})
+    assert hung.status_code == 408 and hung.json() == {"hung": 0}
+    none_held = httpx.get(tiny.url + "/__sandbox/held", params={"at_most": 0, "timeout": 0})
+    assert none_held.status_code == 200 and none_held.json() == {"held": 0}
+    bad = httpx.get(tiny.url + "/__sandbox/held", params={"at_most": "few"})
+    assert bad.status_code == 400
