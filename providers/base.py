@@ -14,6 +14,9 @@ with one concern:
   us request;
 * ``providers.memo``: ``CallKey`` and ``CallMemo``, per-request sharing of upstream reads;
 * ``providers.http``: ``UpstreamHttp``, the pooled client every adapter calls through;
+* ``providers.resilience``: the request deadline (``request_deadline``,
+  ``set_request_deadline``), clocks, retries, circuit breakers, pacing and bounded concurrency
+  that ``UpstreamHttp`` wraps around every exchange;
 * ``providers.tokens``: OAuth2 access tokens and their cache;
 * ``providers.protocol``: the ``ProviderAdapter`` protocol and the registry by provider name.
 
@@ -80,6 +83,18 @@ from providers.records import (
     UsageSampleRecord,
     UsageUnit,
 )
+from providers.resilience import (
+    MONOTONIC,
+    CircuitOpen,
+    CircuitState,
+    Clock,
+    DeadlineExceeded,
+    MonotonicClock,
+    PacingRefused,
+    RateLimit,
+    request_deadline,
+    set_request_deadline,
+)
 from providers.tokens import (
     AccessToken,
     AccessTokenCache,
@@ -89,23 +104,31 @@ from providers.tokens import (
 )
 
 __all__ = [
+    "MONOTONIC",
     "AccessToken",
     "AccessTokenCache",
     "BadUpstreamResponse",
     "CallCosts",
     "CallKey",
     "CallMemo",
+    "CircuitOpen",
+    "CircuitState",
+    "Clock",
     "CredentialsError",
+    "DeadlineExceeded",
     "InvalidCursor",
+    "MonotonicClock",
     "OperationUnsupported",
     "OrganizationPage",
     "OrganizationRecord",
     "OrganizationStatus",
     "OrganizationUpdate",
+    "PacingRefused",
     "ProviderAdapter",
     "ProviderCredentials",
     "ProviderName",
     "ProviderSettings",
+    "RateLimit",
     "SubscriptionRecord",
     "SubscriptionStatus",
     "UpstreamError",
@@ -133,6 +156,8 @@ __all__ = [
     "parse_token_response",
     "path_segment",
     "req_str",
+    "request_deadline",
+    "set_request_deadline",
     "stripe_subscription_status",
     "token_exchange_error",
     "token_refresh_margin",

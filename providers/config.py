@@ -34,6 +34,38 @@ class ProviderSettings:
     """How requests reach the upstream: "aiohttp" (aiohttp's client directly), "httpx-aiohttp"
     (the httpx API over aiohttp's pool) or "httpx" (httpx's own pool). bench/RESULTS.md has the
     measurements behind the default."""
+    retries: int = 2
+    """Further attempts of an idempotent call (GETs, token requests; never a PATCH) after a
+    connection error, a timeout, 502/503/504 or 429, inside the request's deadline. 0: none."""
+    breaker_failures: int = 5
+    """Consecutive failed attempts (no answer, timeout, 5xx) at one origin that open its
+    circuit. 0: the circuit never opens."""
+    breaker_cooldown_seconds: float = 30.0
+    """How long an open circuit fails fast before it lets one probe through."""
+    rate_limit_per_second: int | None = None
+    rate_limit_per_minute: int | None = None
+    """Outbound pacing per credential. Both None: the provider's documented limits (see each
+    adapter's ``RATE_LIMITS``). Either set: exactly the configured limits (None or 0 = no limit
+    at that scale), so 0 with the other unset turns pacing off."""
+    max_concurrency: int = 32
+    """Exchanges in flight at once to this provider from this process; more wait for a slot,
+    inside the request's deadline."""
+
+    def __post_init__(self) -> None:
+        # The gateway's settings parser reports these with the config key; this is the backstop
+        # for code that builds settings directly.
+        if self.retries < 0:
+            raise ValueError("retries must not be negative")
+        if self.breaker_failures < 0:
+            raise ValueError("breaker_failures must not be negative")
+        if self.breaker_cooldown_seconds < 0:
+            raise ValueError("breaker_cooldown_seconds must not be negative")
+        for name in ("rate_limit_per_second", "rate_limit_per_minute"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
 
 
 class CredentialsError(ValueError):

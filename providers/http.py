@@ -2,15 +2,17 @@
 
 The single place where transport failures, statuses and bodies become ``UpstreamError``s,
 secrets are redacted from messages, GETs go through the request's ``CallMemo`` and every real
-exchange is reported to it.
+exchange is reported to it, and where the policies of ``providers.resilience`` (deadline,
+retries, circuit breakers, pacing, bounded concurrency) wrap every exchange.
 """
 
 from __future__ import annotations
 
 import base64
+import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,25 @@ from providers.errors import (
 )
 from providers.memo import CallKey, CallMemo, call_memo
 from providers.records import ProviderName
+from providers.resilience import (
+    MONOTONIC,
+    Backoff,
+    CircuitBreaker,
+    CircuitState,
+    Clock,
+    ConcurrencyLimit,
+    DeadlineExceeded,
+    Pacers,
+    PacingRefused,
+    RateLimit,
+    as_clock,
+    effective_rate_limits,
+    is_retryable,
+    origin_of,
+    parse_retry_after,
+    request_deadline,
+    retry_failed_call,
+)
 
 __all__ = [
     "ErrorDetail",
@@ -61,15 +82,18 @@ def _redact(text: str, secrets: Iterable[str]) -> str:
     return text[:_MAX_DETAIL] + ("…" if len(text) > _MAX_DETAIL else "")
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
+_Args = tuple[
+    str,  # method
+    str,  # url
+    ProviderCredentials,
+    Mapping[str, str],  # headers
+    Any,  # params
+    Any,  # json
+    Mapping[str, str] | None,  # data
+    tuple[str, str] | None,  # auth
+    bool,  # expect_json
+]
+"""What one exchange sends, as ``_send`` takes it."""
 
 ErrorDetail = Callable[[Any], str | None]
 """Pulls the human message out of a provider's error body (``{"error": …}``, ``{"message": …}``)."""
@@ -87,8 +111,24 @@ _STATUS_ERRORS: dict[int, type[UpstreamError]] = {
 
 
 class UpstreamHttp:
-    """One pooled ``httpx.AsyncClient`` per adapter, and the single place where transport
-    failures, statuses and bodies become ``UpstreamError``s."""
+    """One pooled HTTP client per adapter, and the single place where transport failures,
+    statuses and bodies become ``UpstreamError``s.
+
+    Around every exchange, in this order (``providers.resilience`` has the policies):
+
+    1. the request's deadline (``request_deadline``): past it, ``DeadlineExceeded``;
+    2. the circuit breaker of the URL's origin: open, ``CircuitOpen`` without a request;
+    3. pacing per credential to the provider's rate limits: a wait that would pass the
+       deadline is ``PacingRefused`` (``UpstreamRateLimited`` with ``retry_after``), no request;
+    4. a slot among ``max_concurrency``: a wait past the deadline is ``DeadlineExceeded``;
+    5. the exchange, its timeout ``min(timeout_seconds, time left)``;
+    6. for idempotent calls, retries of a connection error, timeout, 502/503/504 or 429 — each
+       retry goes through 1-5 again.
+
+    ``clock`` times exchanges for ``record_call`` and drives every wait; ``random`` the backoff
+    jitter; ``wall_clock`` (epoch seconds) turns an HTTP-date ``Retry-After`` into a wait.
+    ``rate_limits`` are the provider's documented limits (``ProviderSettings`` may replace
+    them)."""
 
     def __init__(
         self,
@@ -97,15 +137,33 @@ class UpstreamHttp:
         settings: ProviderSettings,
         error_detail: ErrorDetail,
         status_errors: Mapping[int, type[UpstreamError]] | None = None,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Clock | Callable[[], float] = MONOTONIC,
+        rate_limits: Sequence[RateLimit] = (),
+        random: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.provider = provider
         self.settings = settings
-        # Times each exchange for ``CallMemo.record_call``; tests pass a fake one.
-        self._clock = clock
+        self._clock = as_clock(clock)
+        self._wall_clock = wall_clock
         self._error_detail = error_detail
         self._status_errors = {**_STATUS_ERRORS, **(status_errors or {})}
-        limits = httpx.Limits(
+        self._backoff = Backoff(random=random)
+        self._slots = ConcurrencyLimit(settings.max_concurrency)
+        limits = effective_rate_limits(
+            rate_limits,
+            per_second=settings.rate_limit_per_second,
+            per_minute=settings.rate_limit_per_minute,
+        )
+        self._pacers = Pacers(limits) if limits else None
+        # One breaker per origin: a token endpoint on another host (Upsun's auth server) fails
+        # or recovers on its own. The origins are the configured base_url and token_url (links
+        # an upstream returns are held to base_url by page_link), so the dict stays tiny.
+        origin = origin_of(settings.base_url)
+        self._origin_prefix = origin + "/"
+        self._breaker = self._new_breaker(origin)
+        self._breakers: dict[str, CircuitBreaker] = {origin: self._breaker}
+        pool_limits = httpx.Limits(
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.max_connections,
         )
@@ -113,12 +171,12 @@ class UpstreamHttp:
         if settings.transport == "httpx-aiohttp":
             from httpx_aiohttp import AiohttpTransport
 
-            transport = AiohttpTransport(limits=limits, trust_env=False)
+            transport = AiohttpTransport(limits=pool_limits, trust_env=False)
         self._native = settings.transport == "aiohttp"
         self._session: aiohttp.ClientSession | None = None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.timeout_seconds),
-            limits=limits,
+            limits=pool_limits,
             transport=transport,
             follow_redirects=False,
             trust_env=False,
@@ -127,6 +185,15 @@ class UpstreamHttp:
     def url(self, path: str) -> str:
         """``base_url`` + documented path, keeping any path prefix of ``base_url``."""
         return self.settings.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def circuit_state(self) -> CircuitState:
+        """The state of the breaker in front of ``base_url``'s origin (the provider's API)."""
+        return self._breaker.current(self._clock.now())
+
+    @property
+    def in_flight(self) -> int:
+        """Exchanges holding one of the ``max_concurrency`` slots right now."""
+        return self._slots.in_flight
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -146,28 +213,41 @@ class UpstreamHttp:
         auth: tuple[str, str] | None = None,
         expect_json: bool = True,
         identity: str | None = None,
+        idempotent: bool | None = None,
     ) -> UpstreamResponse:
         """Send one request. GETs go through the request's ``CallMemo`` (shared, and cached
         where the gateway caches) under a ``CallKey`` naming ``identity`` (default: the
-        credentials' fingerprint; pass the tenant's own when ``credentials`` carry a token).
-        Every exchange that really goes out is reported to that memo's ``record_call``."""
+        credentials' fingerprint; pass the tenant's own when ``credentials`` carry a token),
+        which also names the pacer the request waits on. Every exchange that really goes out,
+        retries included, is reported to that memo's ``record_call``.
+
+        ``idempotent`` (default: only for GET) allows retries; pass True for requests that are
+        safe to repeat although they are not GETs, such as token requests. Never for a PATCH."""
         memo = call_memo.get()  # the one contextvar read per request
+        if idempotent is None:
+            idempotent = method == "GET"
+        shared = memo is not None and method == "GET"
+        key = identity or (credentials.fingerprint if shared or self._pacers else "")
 
         def send() -> Awaitable[UpstreamResponse]:
-            return self._timed(
-                memo, method, url, credentials, headers, params, json, data, auth, expect_json
+            return self._call(
+                memo,
+                key,
+                idempotent,
+                (method, url, credentials, headers, params, json, data, auth, expect_json),
             )
 
-        if memo is None or method != "GET":
+        if not shared:
             return await send()
-        key = CallKey(
+        assert memo is not None
+        call_key = CallKey(
             provider=self.provider,
-            credentials=identity or credentials.fingerprint,
+            credentials=key,
             method=method,
             url=url,
             params=tuple(sorted((k, str(v)) for k, v in (params or {}).items())),
         )
-        return await memo.run(key, send)
+        return await memo.run(call_key, send)
 
     async def get_with_bearer(
         self,
@@ -199,37 +279,143 @@ class UpstreamHttp:
                 invalidate(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _timed(
+    # ---------------------------------------------------------------------------- resilience
+
+    def _new_breaker(self, origin: str) -> CircuitBreaker:
+        return CircuitBreaker(
+            provider=self.provider,
+            origin=origin,
+            failures=self.settings.breaker_failures,
+            cooldown=self.settings.breaker_cooldown_seconds,
+        )
+
+    def _breaker_for(self, url: str) -> CircuitBreaker:
+        if url.startswith(self._origin_prefix):
+            return self._breaker
+        origin = origin_of(url)
+        breaker = self._breakers.get(origin)
+        if breaker is None:
+            breaker = self._breakers[origin] = self._new_breaker(origin)
+        return breaker
+
+    async def _call(
+        self, memo: CallMemo | None, key: str, idempotent: bool, args: _Args
+    ) -> UpstreamResponse:
+        """One call: its first attempt, and retries where they are allowed and worth it."""
+        deadline = request_deadline.get()
+        breaker = self._breaker_for(args[1])
+        try:
+            return await self._attempt(memo, breaker, deadline, key, args)
+        except UpstreamError as exc:
+            if not idempotent or not self.settings.retries or not is_retryable(exc):
+                raise
+            first = exc
+
+        def on_retry(attempt: int, wait: float, error: BaseException) -> None:
+            # Optional observer (see the module docs of providers.memo and the gateway's
+            # RequestScope): each retry, before its wait.
+            hook = getattr(memo, "record_retry", None)
+            if hook is not None and isinstance(error, UpstreamError):
+                hook(self.provider, attempt=attempt, wait=wait, error=error)
+
+        return await retry_failed_call(
+            first,
+            lambda: self._attempt(memo, breaker, deadline, key, args),
+            retries=self.settings.retries,
+            backoff=self._backoff,
+            clock=self._clock,
+            deadline=deadline,
+            max_wait=self.settings.timeout_seconds,
+            may_retry=lambda: breaker.state is CircuitState.CLOSED,
+            on_retry=on_retry if memo is not None else None,
+        )
+
+    async def _attempt(
         self,
         memo: CallMemo | None,
-        method: str,
-        url: str,
-        credentials: ProviderCredentials,
-        headers: Mapping[str, str],
-        params: Any,
-        json: Any,
-        data: Mapping[str, str] | None,
-        auth: tuple[str, str] | None,
-        expect_json: bool,
+        breaker: CircuitBreaker,
+        deadline: float | None,
+        key: str,
+        args: _Args,
     ) -> UpstreamResponse:
-        """``_send``, reported to ``memo`` (successes and failures; a cancelled exchange is no
-        finding about the upstream and is not reported)."""
-        started = self._clock()
+        """One exchange inside the deadline, the breaker, pacing and a concurrency slot,
+        reported to ``memo`` (successes and failures; a cancelled exchange is no finding about
+        the upstream and is not reported)."""
+        clock = self._clock
+        now = clock.now()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceeded(self.provider)
+        ticket = breaker.admit(now)
+        if ticket is None:
+            raise breaker.open_error(now)
+        settled = False
         try:
-            response = await self._send(
-                method, url, credentials, headers, params, json, data, auth, expect_json
-            )
-        except UpstreamError as exc:
+            if self._pacers is not None:
+                now = await self._pace(key, now, deadline)
+            if not self._slots.try_acquire():
+                if not await self._slots.acquire(deadline=deadline, clock=clock):
+                    raise DeadlineExceeded(self.provider, "waiting for a connection slot")
+                now = clock.now()
+            try:
+                timeout: float | None = None
+                if deadline is not None:
+                    left = deadline - now
+                    if left <= 0:
+                        raise DeadlineExceeded(self.provider)
+                    if left < self.settings.timeout_seconds:
+                        timeout = left
+                try:
+                    response = await self._send(*args, timeout=timeout)
+                except UpstreamError as exc:
+                    ended = clock.now()
+                    if memo is not None:
+                        memo.record_call(
+                            self.provider, seconds=ended - now, status=exc.status, error=exc
+                        )
+                    status = exc.status
+                    if status is not None and status < 500:
+                        breaker.succeeded(ticket, status)  # it answered
+                        settled = True
+                    elif not isinstance(exc, DeadlineExceeded):
+                        # Cut short by the deadline, the attempt says nothing about the origin.
+                        breaker.failed(ticket, ended, f"HTTP {status}" if status else exc.code)
+                        settled = True
+                    raise
+            finally:
+                self._slots.release()
             if memo is not None:
                 memo.record_call(
-                    self.provider, seconds=self._clock() - started, status=exc.status, error=exc
+                    self.provider, seconds=clock.now() - now, status=response.status, error=None
                 )
-            raise
-        if memo is not None:
-            memo.record_call(
-                self.provider, seconds=self._clock() - started, status=response.status, error=None
+            breaker.succeeded(ticket, response.status)
+            settled = True
+            return response
+        finally:
+            if not settled:
+                breaker.abandoned(ticket)
+
+    async def _pace(self, key: str, now: float, deadline: float | None) -> float:
+        """Wait for this credential's next slot under the rate limits; the time after it."""
+        assert self._pacers is not None
+        pacer = self._pacers.get(key)
+        at = pacer.next_slot(now)
+        if at <= now:
+            pacer.take(now)
+            return now
+        wait = at - now
+        budget = deadline - now if deadline is not None else self.settings.timeout_seconds
+        if wait >= budget:
+            raise PacingRefused(
+                self.provider,
+                f"{self.provider.key}: its rate limit allows the next request in {wait:.2f}s, "
+                "after the request's deadline",
+                retry_after=wait,
             )
-        return response
+        pacer.take(at)
+        await self._clock.sleep(wait)
+        return self._clock.now()
+
+    # ---------------------------------------------------------------------------- transport
 
     async def _send(
         self,
@@ -242,12 +428,16 @@ class UpstreamHttp:
         data: Mapping[str, str] | None,
         auth: tuple[str, str] | None,
         expect_json: bool,
+        *,
+        timeout: float | None = None,
     ) -> UpstreamResponse:
+        """One exchange; ``timeout`` (None: ``timeout_seconds``) is the deadline's remainder
+        when that is shorter, and then a timeout is the deadline passing."""
         name = self.provider.key
         try:
             if self._native:
                 status, response_headers, content, final_url = await self._exchange_aiohttp(
-                    method, url, headers, params, json, data, auth
+                    method, url, headers, params, json, data, auth, timeout
                 )
             else:
                 response = await self._client.request(
@@ -258,6 +448,7 @@ class UpstreamHttp:
                     json=json,
                     data=data,
                     auth=auth,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
                 )
                 status, response_headers, content, final_url = (
                     response.status_code,
@@ -277,6 +468,8 @@ class UpstreamHttp:
                 raise UpstreamUnavailable(
                     self.provider, f"{name} is unreachable ({type(cause).__name__})"
                 ) from None
+            if timeout is not None:
+                raise DeadlineExceeded(self.provider, "waiting for the answer") from None
             raise UpstreamTimeout(
                 self.provider, f"{name} did not answer within {self.settings.timeout_seconds:g}s"
             ) from None
@@ -309,9 +502,10 @@ class UpstreamHttp:
             error_cls = self._status_errors.get(status)
             if error_cls is None:
                 error_cls = UpstreamUnavailable if status >= 500 else BadUpstreamResponse
-            raise error_cls(
-                self.provider, message, status=status, retry_after=_retry_after(response_headers)
+            retry_after = parse_retry_after(
+                response_headers.get("retry-after"), now=self._wall_clock()
             )
+            raise error_cls(self.provider, message, status=status, retry_after=retry_after)
 
         if expect_json and not parsed:
             raise BadUpstreamResponse(
@@ -330,6 +524,7 @@ class UpstreamHttp:
         json: Any,
         data: Mapping[str, str] | None,
         auth: tuple[str, str] | None,
+        timeout: float | None,
     ) -> tuple[int, Mapping[str, str], bytes, str]:
         session = self._session
         if session is None:
@@ -353,6 +548,7 @@ class UpstreamHttp:
             json=json,
             data=data,
             allow_redirects=False,
+            timeout=session.timeout if timeout is None else aiohttp.ClientTimeout(total=timeout),
         ) as response:
             content = await response.read()
             return response.status, response.headers, content, str(response.url)

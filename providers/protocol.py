@@ -69,6 +69,11 @@ class ProviderAdapter(Protocol):
         """Raise ``OperationUnsupported`` where the API cannot do it."""
         ...
 
+    def circuit_state(self) -> str:
+        """``"CLOSED"``, ``"OPEN"`` or ``"HALF_OPEN"``: the circuit breaker in front of the
+        provider's API (``base_url``'s origin; a token endpoint elsewhere has its own)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -1,6 +1,7 @@
 """OAuth2 access tokens (LOKE client credentials, Upsun API-token exchange): parsing token
 responses, mapping token-endpoint failures, and a per-credential token cache shared by every
-request."""
+request. Token requests go through ``UpstreamHttp`` like every other call (deadline, retries —
+they are safe to repeat —, breaker of the token endpoint's origin)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ from providers.errors import (
 )
 from providers.memo import mark_failure_retrieved
 from providers.records import ProviderName
+from providers.resilience import (
+    MONOTONIC,
+    Clock,
+    DeadlineExceeded,
+    request_deadline,
+    wait_within_deadline,
+)
 
 __all__ = [
     "AccessToken",
@@ -109,12 +117,26 @@ class AccessTokenCache:
     A token is used until its ``expires_at``, which ``parse_token_response`` already set a
     margin early (the margin scales with the token's lifetime, so it lives there).
     Bounded (LRU) because every distinct credential set adds an entry and tenants come and go;
-    1024 is far above the tenants one process serves, so in practice nothing useful is evicted."""
+    1024 is far above the tenants one process serves, so in practice nothing useful is evicted.
 
-    def __init__(self, *, max_entries: int = 1024) -> None:
+    An exchange runs inside the deadline of the request that started it (its task inherits
+    that request's context, ``request_deadline`` included); a request that joins it waits no
+    longer than its own deadline, measured on ``clock``, and then fails with
+    ``DeadlineExceeded`` for ``provider`` while the exchange goes on for the others. Without a
+    ``provider`` a joining request waits for the exchange, however long it takes."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 1024,
+        provider: ProviderName | None = None,
+        clock: Clock = MONOTONIC,
+    ) -> None:
         self._tokens: OrderedDict[str, AccessToken] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[AccessToken]] = {}
         self._max_entries = max_entries
+        self._provider = provider
+        self._clock = clock
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[AccessToken]]) -> str:
         token = self._tokens.get(key)
@@ -128,7 +150,12 @@ class AccessTokenCache:
             # An exchange nobody waits for any more finishes, and its token is kept.
             exchange = self._inflight[key] = asyncio.ensure_future(self._exchange(key, fetch))
             exchange.add_done_callback(mark_failure_retrieved)
-        return (await asyncio.shield(exchange)).value
+        deadline = request_deadline.get()
+        if deadline is None or self._provider is None:
+            return (await asyncio.shield(exchange)).value
+        if not await wait_within_deadline(exchange, deadline=deadline, clock=self._clock):
+            raise DeadlineExceeded(self._provider, "waiting for an access token")
+        return exchange.result().value
 
     async def _exchange(self, key: str, fetch: Callable[[], Awaitable[AccessToken]]) -> AccessToken:
         try:

@@ -36,6 +36,7 @@ from providers.base import (
     ProviderCredentials,
     ProviderName,
     ProviderSettings,
+    RateLimit,
     SubscriptionRecord,
     UpstreamHttp,
     UpstreamNotFound,
@@ -51,12 +52,20 @@ from providers.base import (
     stripe_subscription_status,
 )
 
-__all__ = ["ADAPTER", "ORGANIZATION_PATH", "POSTS_USAGE_PATH", "BundleAdapter"]
+__all__ = ["ADAPTER", "ORGANIZATION_PATH", "POSTS_USAGE_PATH", "RATE_LIMITS", "BundleAdapter"]
 
 ORGANIZATION_PATH = "/api/v1/organization/"
 POSTS_USAGE_PATH = "/api/v1/organization/usage/posts"
 
 _PROVIDER = ProviderName.BUNDLE
+
+RATE_LIMITS = (RateLimit(5, 1.0), RateLimit(20, 10.0), RateLimit(100, 60.0))
+"""What requests to bundle.social are paced to, per API key, unless ``[providers.bundle]``
+configures ``rate_limit_per_second`` / ``rate_limit_per_minute``. The source is
+shared/DESIGN.md ("The five upstreams", bundle.social): "Rate limit: 5 req/s, 20 per 10 s, 100
+per minute per user → 429." — the seed doc and the OpenAPI excerpt state no figures (the spec
+only lists a 429 response on every operation). A key is one user, and the budget is shared by
+every endpoint ("per user, not per endpoint", as the sandbox's docstring quotes the docs)."""
 
 
 def _error_detail(body: Any) -> str | None:
@@ -154,6 +163,7 @@ class BundleAdapter:
             settings=settings,
             error_detail=_error_detail,
             status_errors={403: UpstreamUnauthorized},
+            rate_limits=RATE_LIMITS,
         )
 
     @classmethod
@@ -259,6 +269,9 @@ class BundleAdapter:
         self, credentials: ProviderCredentials, provider_id: str, update: OrganizationUpdate
     ) -> OrganizationRecord:
         raise OperationUnsupported(_PROVIDER, "bundle.social's API cannot update an organization")
+
+    def circuit_state(self) -> str:
+        return self._http.circuit_state()
 
     async def aclose(self) -> None:
         await self._http.aclose()

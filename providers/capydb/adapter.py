@@ -223,6 +223,9 @@ class CapyDBAdapter:
         )
         return _organization(_unwrap(response.body, "organization", "PATCH organization"))
 
+    def circuit_state(self) -> str:
+        return self._http.circuit_state()
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

@@ -107,7 +107,7 @@ class LokeAdapter:
         self.settings = settings
         self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
         self._token_url = settings.token_url or self._http.url(TOKEN_PATH)
-        self._tokens = AccessTokenCache()
+        self._tokens = AccessTokenCache(provider=_PROVIDER)
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
@@ -139,6 +139,8 @@ class LokeAdapter:
                     "client_id": client_id,
                     "client_secret": client_secret,
                 },
+                # A token request changes nothing upstream: safe to repeat.
+                idempotent=True,
             )
         except UpstreamError as exc:
             raise token_exchange_error(_PROVIDER, exc) from None
@@ -222,6 +224,9 @@ class LokeAdapter:
         raise OperationUnsupported(
             _PROVIDER, "loke's API has no way to update an organization (read-only)"
         )
+
+    def circuit_state(self) -> str:
+        return self._http.circuit_state()
 
     async def aclose(self) -> None:
         await self._http.aclose()

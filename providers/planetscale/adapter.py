@@ -37,6 +37,7 @@ from providers.base import (
     ProviderCredentials,
     ProviderName,
     ProviderSettings,
+    RateLimit,
     SubscriptionRecord,
     UpstreamHttp,
     UpstreamResponse,
@@ -51,12 +52,18 @@ from providers.base import (
     req_str,
 )
 
-__all__ = ["ADAPTER", "MAX_PER_PAGE", "PlanetScaleAdapter"]
+__all__ = ["ADAPTER", "MAX_PER_PAGE", "RATE_LIMITS", "PlanetScaleAdapter"]
 
 MAX_PER_PAGE = 100
 """PlanetScale's documented ``per_page`` maximum."""
 
 _PROVIDER = ProviderName.PLANETSCALE
+
+RATE_LIMITS = (RateLimit(600, 60.0),)
+"""What requests to PlanetScale are paced to, per service token, unless
+``[providers.planetscale]`` configures ``rate_limit_per_second`` / ``rate_limit_per_minute``.
+The source is shared/DESIGN.md ("The five upstreams", PlanetScale): "600 requests/minute →
+429." — the seed doc and the OpenAPI excerpt state no rate limit."""
 _LIST_PATH = "/organizations"
 
 
@@ -98,13 +105,21 @@ class PlanetScaleAdapter:
     call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=MAX_PER_PAGE)
 
     def __init__(self, settings: ProviderSettings) -> None:
-        self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
+        self._http = UpstreamHttp(
+            provider=_PROVIDER,
+            settings=settings,
+            error_detail=_error_detail,
+            rate_limits=RATE_LIMITS,
+        )
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
         return ProviderCredentials.parse(
             values, one_of=[("service_token_id", "service_token")], provider=_PROVIDER
         )
+
+    def circuit_state(self) -> str:
+        return self._http.circuit_state()
 
     async def aclose(self) -> None:
         await self._http.aclose()

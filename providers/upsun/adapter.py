@@ -236,7 +236,7 @@ class UpsunAdapter:
         self.settings = settings
         self.token_url = settings.token_url or DEFAULT_TOKEN_URL
         self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
-        self._tokens = AccessTokenCache()
+        self._tokens = AccessTokenCache(provider=_PROVIDER)
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
@@ -254,6 +254,8 @@ class UpsunAdapter:
                 headers={"Accept": "application/json"},
                 data={"grant_type": "api_token", "api_token": credentials["api_token"]},
                 auth=(CLIENT_ID, ""),
+                # A token request changes nothing upstream: safe to repeat.
+                idempotent=True,
             )
         except UpstreamError as exc:
             raise token_exchange_error(_PROVIDER, exc) from None
@@ -375,6 +377,9 @@ class UpsunAdapter:
             "upsun organizations cannot be updated through OrgGraph "
             "(updateOrganization is limited to CapyDB and PlanetScale)",
         )
+
+    def circuit_state(self) -> str:
+        return self._http.circuit_state()
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -93,7 +93,9 @@ def clear_requests(served: ServedApp) -> None:
 
 @pytest.fixture
 async def adapter(served: ServedApp) -> AsyncIterator[BundleAdapter]:
-    instance = BundleAdapter(ProviderSettings(base_url=served.url, timeout_seconds=5.0))
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    settings = ProviderSettings(base_url=served.url, timeout_seconds=5.0, retries=0)
+    instance = BundleAdapter(settings)
     yield instance
     await instance.aclose()
 
@@ -444,7 +446,8 @@ async def test_rate_limit_over_http_and_adapter_mapping() -> None:
             # Per key: the other organization's key has its own budget.
             other = await client.get(ORG_PATH, headers=key_header(1, options))
             assert other.status_code == 200
-        adapter = BundleAdapter(ProviderSettings(base_url=limited.url))
+        # One answer per call: retries are tests/providers/test_resilience.py's.
+        adapter = BundleAdapter(ProviderSettings(base_url=limited.url, retries=0))
         try:
             with pytest.raises(UpstreamRateLimited) as info:
                 await adapter.list_organizations(creds(0, options))
@@ -799,7 +802,9 @@ async def test_upstream_message_is_redacted(served: ServedApp, adapter: BundleAd
 
 
 async def test_slow_upstream_times_out(served: ServedApp) -> None:
-    adapter = BundleAdapter(ProviderSettings(base_url=served.url, timeout_seconds=0.2))
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    settings = ProviderSettings(base_url=served.url, timeout_seconds=0.2, retries=0)
+    adapter = BundleAdapter(settings)
     try:
         fault(served, delay_ms=1000, times=1)
         started = time.perf_counter()

@@ -89,7 +89,8 @@ def raw_orgs(served: ServedApp) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def capy(served: ServedApp) -> AsyncIterator[CapyDBAdapter]:
-    adapter = CapyDBAdapter(ProviderSettings(base_url=served.url, timeout_seconds=2.0))
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    adapter = CapyDBAdapter(ProviderSettings(base_url=served.url, timeout_seconds=2.0, retries=0))
     yield adapter
     await adapter.aclose()
 
@@ -504,7 +505,9 @@ async def test_rate_limited_carries_retry_after(capy: CapyDBAdapter, served: Ser
 
 
 async def test_slow_upstream_times_out(served: ServedApp) -> None:
-    adapter = CapyDBAdapter(ProviderSettings(base_url=served.url, timeout_seconds=0.2))
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    settings = ProviderSettings(base_url=served.url, timeout_seconds=0.2, retries=0)
+    adapter = CapyDBAdapter(settings)
     served.fault(delay_ms=600, times=1)
     try:
         with pytest.raises(UpstreamTimeout):

@@ -721,7 +721,8 @@ async def test_list_faults_map_to_the_taxonomy(
     error: type[UpstreamError],
     status: int | None,
 ) -> None:
-    adapter = make_adapter(sandbox.url)
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    adapter = make_adapter(sandbox.url, retries=0)
     credentials = creds("acme")
     await adapter.list_organizations(credentials)  # token cached; the fault hits the API call
     sandbox.fault(path_prefix="/organizations", times=1, **fault)
@@ -751,7 +752,8 @@ async def test_null_list_is_an_empty_last_page(
 
 
 async def test_rate_limited_and_timeout(sandbox: ServedApp, make_adapter: AdapterFactory) -> None:
-    adapter = make_adapter(sandbox.url, timeout_seconds=0.2)
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    adapter = make_adapter(sandbox.url, timeout_seconds=0.2, retries=0)
     credentials = creds("acme")
     await adapter.list_organizations(credentials)
     sandbox.fault(path_prefix="/organizations", status=429, times=1)

@@ -110,13 +110,15 @@ def clean(main: ServedApp) -> Iterator[None]:
     main.clear_faults()
 
 
-def make_adapter(base_url: str, timeout: float = 5.0) -> PlanetScaleAdapter:
-    return PlanetScaleAdapter(ProviderSettings(base_url=base_url, timeout_seconds=timeout))
+def make_adapter(base_url: str, timeout: float = 5.0, retries: int = 2) -> PlanetScaleAdapter:
+    settings = ProviderSettings(base_url=base_url, timeout_seconds=timeout, retries=retries)
+    return PlanetScaleAdapter(settings)
 
 
 @pytest.fixture
 async def adapter(main: ServedApp) -> AsyncIterator[PlanetScaleAdapter]:
-    instance = make_adapter(main.url)
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    instance = make_adapter(main.url, retries=0)
     yield instance
     await instance.aclose()
 
@@ -644,7 +646,8 @@ async def test_faults_map_to_the_taxonomy(
 
 
 async def test_slow_upstream_times_out(main: ServedApp) -> None:
-    slow = make_adapter(main.url, timeout=0.2)
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    slow = make_adapter(main.url, timeout=0.2, retries=0)
     main.fault(delay_ms=1500, times=1)
     try:
         with pytest.raises(UpstreamTimeout):

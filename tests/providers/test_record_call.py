@@ -110,7 +110,8 @@ def memo() -> Iterator[Recording]:
 
 @pytest.fixture
 async def ps(planetscale: ServedApp) -> AsyncIterator[PlanetScaleAdapter]:
-    adapter = PlanetScaleAdapter(ProviderSettings(base_url=planetscale.url))
+    # One exchange per call: these tests count exchanges (retries are test_resilience.py's).
+    adapter = PlanetScaleAdapter(ProviderSettings(base_url=planetscale.url, retries=0))
     yield adapter
     await adapter.aclose()
 
@@ -163,7 +164,9 @@ async def test_transport_failures_have_no_status(memo: Recording) -> None:
     with socket.socket() as sock:  # a port nothing listens on once closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    adapter = PlanetScaleAdapter(ProviderSettings(base_url=f"http://127.0.0.1:{port}"))
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    settings = ProviderSettings(base_url=f"http://127.0.0.1:{port}", retries=0)
+    adapter = PlanetScaleAdapter(settings)
     try:
         with pytest.raises(UpstreamUnavailable) as info:
             await adapter.list_organizations(PS_ACME)

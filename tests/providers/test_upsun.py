@@ -131,7 +131,8 @@ def _adapter(server: ServedApp, **settings: Any) -> UpsunAdapter:
 
 @pytest.fixture
 async def adapter(main: ServedApp) -> AsyncIterator[UpsunAdapter]:
-    instance = _adapter(main)
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    instance = _adapter(main, retries=0)
     yield instance
     await instance.aclose()
 
@@ -732,7 +733,8 @@ async def test_wrongly_shaped_bodies(main: ServedApp, adapter: UpsunAdapter, bod
 
 
 async def test_slow_upstream_times_out(main: ServedApp) -> None:
-    adapter = _adapter(main, timeout_seconds=0.2)
+    # One answer per call: retries are tests/providers/test_resilience.py's.
+    adapter = _adapter(main, timeout_seconds=0.2, retries=0)
     try:
         _fault(main, delay_ms=1000, path_prefix="/organizations", times=1)
         with pytest.raises(UpstreamTimeout):
