@@ -19,7 +19,7 @@ from gateway.settings import ConfigError, Settings, load_settings
 from providers.base import ProviderName, load_sandbox_module
 
 if TYPE_CHECKING:
-    from providers.sandbox_kit import SandboxOptions
+    from providers.sandbox_kit import Fault, SandboxOptions
 
 __all__ = ["app_from_env", "main"]
 
@@ -214,7 +214,7 @@ async def _run_sandboxes(args: argparse.Namespace) -> None:
         await stop.wait()
 
 
-def _fault_arg(text: str) -> Any:
+def _fault_arg(text: str) -> tuple[str, Fault]:
     """``--fault PROVIDER:SPEC`` → (provider key, Fault); argparse turns a refusal into exit 2."""
     from providers.sandbox_kit import FaultError, parse_fault_spec
 

@@ -2,7 +2,8 @@
 
 Over real loopback HTTP: the request log is bounded, injected faults can carry response headers,
 and a ``hold`` fault keeps matching requests waiting until the test releases them, which is how
-tests make an upstream "slow" deterministically (no timing involved).
+tests make an upstream "slow" deterministically (no timing involved); waiting for held or hung
+requests answers at once when already true. The fault kinds themselves are in test_faults.py.
 """
 
 from __future__ import annotations
