@@ -10,6 +10,7 @@ limit is checked before anything else is done for it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gc
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from graphql import GraphQLError, OperationType
+from graphql import ExecutionResult, GraphQLError, OperationType
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -51,7 +52,7 @@ from gateway.transport import (
     read_params,
 )
 from gateway.upstreams import Upstreams
-from providers.base import call_memo
+from providers.base import call_memo, request_deadline, set_request_deadline
 
 if TYPE_CHECKING:
     from gateway.demo import DemoOptions
@@ -68,6 +69,7 @@ _CACHE_MISS = {"X-OrgGraph-Cache": "miss"}
 # Answers depend on the caller's key, and on Accept for their media type.
 _VARY = "Authorization, Accept"
 _NO_STORE = {"Cache-Control": "private, no-store", "Vary": _VARY}
+_DEADLINE_MARGIN_SECONDS = 0.5
 
 
 @dataclass(slots=True)
@@ -317,12 +319,28 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     context = RequestContext(
         tenant=tenant, upstreams=runtime.upstreams, cursors=runtime.cursors, scope=scope
     )
+    deadline = server.deadline_seconds
     token = call_memo.set(scope)
+    deadline_token = set_request_deadline(deadline)
     try:
-        result = await executor.execute(
-            prepared, context=context, variables=variables, operation_name=operation_name
+        # Every upstream wait already ends at the deadline (providers.resilience); this bound
+        # is the backstop for anything else a resolver might wait on.
+        async with asyncio.timeout(deadline + _DEADLINE_MARGIN_SECONDS):
+            result = await executor.execute(
+                prepared, context=context, variables=variables, operation_name=operation_name
+            )
+    except TimeoutError:
+        result = ExecutionResult(
+            data=None,
+            errors=[
+                GraphQLError(
+                    f"The request's deadline of {deadline:g} s passed",
+                    extensions={"code": ErrorCode.UPSTREAM_TIMEOUT.value},
+                )
+            ],
         )
     finally:
+        request_deadline.reset(deadline_token)
         call_memo.reset(token)
 
     errors: list[GraphQLError] = list(result.errors or []) + context.errors

@@ -397,7 +397,11 @@ class ProviderStatus:
         description="False when this tenant's most recent calls to this provider all failed."
     )
     circuit_state: CircuitState = strawberry.field(
-        description="Circuit breaker state. No breaker is fitted yet, so always CLOSED."
+        description=(
+            "The circuit breaker in front of the provider's API (shared by all tenants: it "
+            "opens on timeouts, connection failures and 5xx, never on a tenant's 4xx). OPEN "
+            "fails fast; HALF_OPEN lets one probe through."
+        )
     )
     recent_calls: int = strawberry.field(
         description="Upstream HTTP calls made for this tenant (the last 200; cache hits excluded)."
@@ -450,6 +454,38 @@ def _node_fields(info: Info) -> set[str]:
     return names
 
 
+@dataclass(slots=True)
+class _Walk:
+    """Up to ``first`` organizations of one provider from a starting position, each with the
+    page cursor and index its own cursor will name; ``more`` when the provider has others."""
+
+    items: list[tuple[str | None, int, OrganizationRecord]] = field(default_factory=list)
+    more: bool = False
+
+
+async def _walk(
+    ctx: RequestContext,
+    info: Info,
+    provider: ProviderName,
+    page_cursor: str | None,
+    index: int,
+    first: int,
+) -> _Walk:
+    walk = _Walk()
+    page = await _fetch_page(ctx, info, provider, page_cursor)
+    while page is not None:
+        organizations = page.organizations
+        while index < len(organizations) and len(walk.items) < first:
+            walk.items.append((page_cursor, index, organizations[index]))
+            index += 1
+        if len(walk.items) == first or page.next_cursor is None:
+            walk.more = index < len(organizations) or page.next_cursor is not None
+            return walk
+        page_cursor, index = page.next_cursor, 0
+        page = await _fetch_page(ctx, info, provider, page_cursor)
+    return walk
+
+
 async def resolve_organizations(
     ctx: RequestContext,
     info: Info,
@@ -461,10 +497,11 @@ async def resolve_organizations(
 
     The cursor of an organization names its provider, the upstream page it is on and its index
     there, so resuming refetches that page and continues after it: every organization appears
-    exactly once however the client pages. The starting page of every remaining provider is
-    requested at once; pages are then taken in provider order as they arrive, and as soon as an
-    organization's place on this page is certain its usage and subscriptions are requested
-    (when selected), so those calls do not wait for slower providers' pages."""
+    exactly once however the client pages. Every remaining provider is walked at once, each up
+    to ``first`` organizations, so a slow provider never holds up another's pages (the request
+    deadline then ends only the slow one). Walks are taken in provider order as they finish, and
+    as soon as an organization's place on this page is certain its usage and subscriptions are
+    requested (when selected), so those calls do not wait for the rest of the page."""
     first = _check_first(first)
     if providers is None or providers is strawberry.UNSET:
         providers = None  # no filter; an explicit empty list selects nothing
@@ -484,48 +521,44 @@ async def resolve_organizations(
     wanted = _node_fields(info)
     want_usage, want_subscriptions = "usage" in wanted, "subscriptions" in wanted
 
-    pending = [
-        asyncio.ensure_future(_fetch_page(ctx, info, p, start_cursor if i == 0 else None))
-        for i, p in enumerate(remaining)
+    walks = [
+        asyncio.ensure_future(
+            _walk(
+                ctx,
+                info,
+                provider,
+                start_cursor if i == 0 else None,
+                start_index if i == 0 else 0,
+                first,
+            )
+        )
+        for i, provider in enumerate(remaining)
     ]
     edges: list[OrganizationEdge] = []
     has_next = False
     try:
         for i, provider in enumerate(remaining):
-            page = await pending[i]
-            page_cursor = start_cursor if i == 0 else None
-            index = start_index if i == 0 else 0
-            while page is not None and not has_next:
-                while index < len(page.organizations):
-                    if len(edges) == first:
-                        has_next = True
-                        break
-                    record = page.organizations[index]
-                    ctx.prefetch(record, usage=want_usage, subscriptions=want_subscriptions)
-                    edges.append(
-                        OrganizationEdge(
-                            cursor=ctx.cursors.encode_organization_cursor(
-                                ctx.tenant.name, OrganizationCursor(provider, page_cursor, index)
-                            ),
-                            node=Organization.from_record(record),
-                        )
+            walk = await walks[i]
+            room = first - len(edges)
+            for page_cursor, index, record in walk.items[:room]:
+                ctx.prefetch(record, usage=want_usage, subscriptions=want_subscriptions)
+                edges.append(
+                    OrganizationEdge(
+                        cursor=ctx.cursors.encode_organization_cursor(
+                            ctx.tenant.name, OrganizationCursor(provider, page_cursor, index)
+                        ),
+                        node=Organization.from_record(record),
                     )
-                    index += 1
-                if has_next or page.next_cursor is None:
-                    break
-                if len(edges) == first:
-                    has_next = True
-                    break
-                page_cursor, index = page.next_cursor, 0
-                page = await _fetch_page(ctx, info, provider, page_cursor)
-            if has_next:
-                break
+                )
             if len(edges) == first:
-                later = [await task for task in pending[i + 1 :]]
-                has_next = any(p is not None and p.organizations for p in later)
+                if len(walk.items) > room or walk.more:
+                    has_next = True
+                else:
+                    later = [await task for task in walks[i + 1 :]]
+                    has_next = any(w.items for w in later)
                 break
     finally:
-        for task in pending:
+        for task in walks:
             if not task.done():
                 task.cancel()
 
@@ -640,7 +673,7 @@ class Query:
                     provider=provider,
                     configured=health.configured,
                     healthy=health.healthy,
-                    circuit_state=CircuitState.CLOSED,
+                    circuit_state=CircuitState(ctx.upstreams.circuit_state(provider)),
                     recent_calls=health.recent_calls,
                     recent_failures=health.recent_failures,
                     latency_p50_ms=health.latency_p50_ms,

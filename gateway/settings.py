@@ -252,10 +252,24 @@ def _provider_ttl(name: ProviderName, table: Mapping[str, Any]) -> float | None:
     return ttl
 
 
+_RESILIENCE_KEYS: tuple[tuple[str, type | tuple[type, ...], int], ...] = (
+    # (key, type, smallest value); ProviderSettings documents each.
+    ("retries", int, 0),
+    ("breaker_failures", int, 0),
+    ("breaker_cooldown_seconds", (int, float), 0),
+    ("rate_limit_per_second", int, 0),
+    ("rate_limit_per_minute", int, 0),
+    ("max_concurrency", int, 1),
+)
+
+
 def _provider(name: ProviderName, table: Mapping[str, Any]) -> ProviderSettings:
     where = f"providers.{name.key}"
     _check_keys(
-        table, {"base_url", "timeout_seconds", "token_url", "ttl_seconds", "transport"}, where
+        table,
+        {"base_url", "timeout_seconds", "token_url", "ttl_seconds", "transport"}
+        | {key for key, _, _ in _RESILIENCE_KEYS},
+        where,
     )
     if "base_url" not in table:
         raise ConfigError(f"{where}.base_url is required")
@@ -272,6 +286,12 @@ def _provider(name: ProviderName, table: Mapping[str, Any]) -> ProviderSettings:
         kwargs["transport"] = _typed(table, "transport", str, where)
         if kwargs["transport"] not in ("aiohttp", "httpx-aiohttp", "httpx"):
             raise ConfigError(f'{where}.transport must be "aiohttp", "httpx-aiohttp" or "httpx"')
+    for key, kind, minimum in _RESILIENCE_KEYS:
+        if key in table:
+            value = _typed(table, key, kind, where)
+            if value < minimum:
+                raise ConfigError(f"{where}.{key} must be at least {minimum}")
+            kwargs[key] = float(value) if key.endswith("_seconds") else value
     if "token_url" in table:
         if name not in (ProviderName.LOKE, ProviderName.UPSUN):
             raise ConfigError(f"{where}.token_url only applies to loke and upsun")

@@ -100,6 +100,12 @@ class Upstreams:
         for adapter in self._adapters.values():
             await adapter.aclose()
 
+    def circuit_state(self, provider: ProviderName) -> str:
+        """The breaker in front of the provider's API: CLOSED, OPEN or HALF_OPEN (process-wide:
+        it is about the provider, not about any tenant)."""
+        adapter = self._adapters.get(provider)
+        return adapter.circuit_state() if adapter is not None else "CLOSED"
+
     def call_costs(self) -> dict[ProviderName, CallCosts]:
         """What each configured adapter's methods cost in upstream calls."""
         return {name: adapter.call_costs for name, adapter in self._adapters.items()}

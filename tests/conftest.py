@@ -105,7 +105,10 @@ def write_config(
         lines.append(f"timeout_seconds = {timeout}")
         if provider_ttls and provider in provider_ttls:
             lines.append(f"ttl_seconds = {provider_ttls[provider]}")
-        for key, value in (provider_settings or {}).get(provider.key, {}).items():
+        # Breakers stay shut unless a test asks for one: the shared deployment lives through
+        # every fault-injection test, and one test's failures must not fail the next test fast.
+        extra = {"breaker_failures": 0, **(provider_settings or {}).get(provider.key, {})}
+        for key, value in extra.items():
             lines.append(f"{key} = {_toml_value(value)}")
         token_path = getattr(load_sandbox_module(provider), "TOKEN_PATH", None)
         if token_path:

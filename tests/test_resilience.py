@@ -12,7 +12,7 @@ from tests.conftest import KEYS, ORG_LIST_PATHS, MakeGateway
 from tests.support import http
 
 ALL = "{ organizations(first: 100) { nodes { provider providerId name } } }"
-PLANETSCALE = "{ organizations(first: 5, providers: [PLANETSCALE]) { nodes { providerId name } } }"
+PLANETSCALE = "{ organizations(first: 3, providers: [PLANETSCALE]) { nodes { providerId name } } }"
 HEALTH = "{ providers { provider circuitState } }"
 LIST = ORG_LIST_PATHS[ProviderName.PLANETSCALE]
 

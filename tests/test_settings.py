@@ -88,6 +88,12 @@ def _with(path: str, value: object) -> dict:
         ("tenants.acme.rate_limit_per_minute", 0, "rate_limit_per_minute must be at least 1"),
         ("tenants.acme.burst", 5, "burst needs rate_limit_per_minute"),
         ("tenants.acme.colour", "blue", "unknown key(s) colour"),
+        ("server.deadline_seconds", 0, "deadline_seconds"),
+        ("providers.capydb.retries", -1, "providers.capydb.retries must be at least 0"),
+        ("providers.capydb.retries", 1.5, "providers.capydb.retries has the wrong type"),
+        ("providers.capydb.max_concurrency", 0, "max_concurrency must be at least 1"),
+        ("providers.capydb.breaker_cooldown_seconds", -1, "breaker_cooldown_seconds"),
+        ("providers.capydb.rate_limit_per_minute", "600", "rate_limit_per_minute"),
     ],
 )
 def test_bad_configs_name_the_problem_and_never_the_secret(
@@ -150,3 +156,24 @@ def test_hardening_keys_are_read() -> None:
     assert defaults.server.max_upstream_calls == 50 and defaults.server.max_aliases == 30
     assert defaults.server.cors_origins == () and defaults.server.cursor_secret is None
     assert defaults.tenants[0].rate_limit_per_minute is None
+
+
+def test_resilience_keys_are_read() -> None:
+    data = _with("providers.capydb.retries", 0)
+    data["providers"]["capydb"].update(
+        breaker_failures=3,
+        breaker_cooldown_seconds=7,
+        rate_limit_per_second=4,
+        rate_limit_per_minute=100,
+        max_concurrency=8,
+    )
+    data["server"]["deadline_seconds"] = 2.5
+    settings = parse_settings(data, env={"TEST_CAPY_KEY": "x"})
+    capydb = settings.providers[ProviderName.CAPYDB]
+    assert (capydb.retries, capydb.breaker_failures, capydb.breaker_cooldown_seconds) == (0, 3, 7.0)
+    assert (capydb.rate_limit_per_second, capydb.rate_limit_per_minute) == (4, 100)
+    assert capydb.max_concurrency == 8
+    assert settings.server.deadline_seconds == 2.5
+    upsun = settings.providers[ProviderName.UPSUN]
+    assert (upsun.retries, upsun.breaker_failures, upsun.breaker_cooldown_seconds) == (2, 5, 30.0)
+    assert parse_settings(GOOD, env={"TEST_CAPY_KEY": "x"}).server.deadline_seconds == 10.0

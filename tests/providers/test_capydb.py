@@ -595,7 +595,9 @@ async def test_prefixed_base_url_update_and_read_after_write(
         await adapter.aclose()
 
     # The control surface sits under the mount too, so read the request log in-process.
-    methods = [(r["method"], r["path"]) for r in inner.state.sandbox.requests]
+    methods = [
+        (r["method"], r.get("root_path", "") + r["path"]) for r in inner.state.sandbox.requests
+    ]
     patch_path = f"{PREFIX}/v1/organizations/{org.provider_id}"
     assert methods[:3] == [
         ("GET", f"{PREFIX}/v1/me"),

@@ -852,7 +852,7 @@ async def test_base_url_with_a_path_prefix(
     assert await all_orgs(adapter, credentials) == [p["id"] for p in expected("acme", PAGED)]
     first_id = expected("acme", PAGED)[0]["id"]
     assert (await adapter.get_organization(credentials, first_id)).provider_id == first_id
-    paths = {r["path"] for r in log}
+    paths = {r.get("root_path", "") + r["path"] for r in log}
     assert paths == {
         "/loke-api/token",  # default token_url: base_url + /token
         "/loke-api/organizations",
@@ -870,7 +870,9 @@ async def test_explicit_token_url(
     adapter = make_adapter(served.url + "/loke-api/", token_url=served.url + "/auth/token")
     ids = await all_orgs(adapter, creds("globex", PAGED))
     assert ids == [p["id"] for p in expected("globex", PAGED)]
-    assert [r["path"] for r in log if r["method"] == "POST"] == ["/auth/token"]
+    assert [r.get("root_path", "") + r["path"] for r in log if r["method"] == "POST"] == [
+        "/auth/token"
+    ]
 
 
 async def test_sandbox_request_log_helper_counts(sandbox: ServedApp) -> None:
