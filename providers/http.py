@@ -227,7 +227,7 @@ class UpstreamHttp:
         if idempotent is None:
             idempotent = method == "GET"
         shared = memo is not None and method == "GET"
-        key = identity or (credentials.fingerprint if shared or self._pacers else "")
+        key = identity or (credentials.fingerprint if shared or self._pacers is not None else "")
 
         def send() -> Awaitable[UpstreamResponse]:
             return self._call(

@@ -102,7 +102,10 @@ MONOTONIC = MonotonicClock()
 
 class FakeClock:
     """A clock for tests: ``sleep`` moves time forward at once (after yielding to the loop) and
-    records how long it was asked to wait in ``sleeps``; ``advance`` moves it by hand."""
+    records how long it was asked to wait in ``sleeps``; ``advance`` moves it by hand.
+
+    So a wait raced against the deadline (a concurrency slot, another request's token
+    exchange) runs out at once: the deadline comes before anything else can happen."""
 
     def __init__(self, start: float = 1000.0) -> None:
         self._now = start
@@ -424,9 +427,9 @@ class CircuitBreaker:
             self._failures += 1
             if self._failures >= self.failures:
                 self._opened_at = now
-                self._move(
-                    CircuitState.OPEN, f"{self._failures} consecutive failures, last: {what}"
-                )
+                count = self._failures
+                plural = "s" if count != 1 else ""
+                self._move(CircuitState.OPEN, f"{count} consecutive failure{plural}, last: {what}")
 
     def abandoned(self, ticket: int) -> None:
         """The call ended without a finding about the origin (cancelled, cut short by the

@@ -41,7 +41,9 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     value: str
-    expires_at: float  # loop.time() seconds
+    expires_at: float
+    """On the cache's clock (``Clock.now()``; by default ``time.monotonic``, asyncio's
+    ``loop.time()``)."""
 
 
 def token_refresh_margin(lifetime: float) -> float:
@@ -54,8 +56,8 @@ def parse_token_response(
     body: Any, provider: ProviderName, *, started: float, default_lifetime: float
 ) -> AccessToken:
     """An OAuth2 token response (``access_token``, ``token_type``, ``expires_in``; RFC 6749
-    5.1) as an ``AccessToken`` that expires a margin early. ``started`` is the loop time taken
-    before the request, so network time only makes us refresh earlier."""
+    5.1) as an ``AccessToken`` that expires a margin early. ``started`` is the clock's time
+    taken before the request, so network time only makes us refresh earlier."""
     name = provider.key
     if not isinstance(body, Mapping):
         raise BadUpstreamResponse(provider, f"{name} token response is not a JSON object")
@@ -140,7 +142,7 @@ class AccessTokenCache:
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[AccessToken]]) -> str:
         token = self._tokens.get(key)
-        if token is not None and token.expires_at > asyncio.get_running_loop().time():
+        if token is not None and token.expires_at > self._clock.now():
             self._tokens.move_to_end(key)
             return token.value
         exchange = self._inflight.get(key)
@@ -150,9 +152,12 @@ class AccessTokenCache:
             # An exchange nobody waits for any more finishes, and its token is kept.
             exchange = self._inflight[key] = asyncio.ensure_future(self._exchange(key, fetch))
             exchange.add_done_callback(mark_failure_retrieved)
+            # Ours: it runs under this request's own deadline, so it ends in time by itself.
+            return (await asyncio.shield(exchange)).value
         deadline = request_deadline.get()
         if deadline is None or self._provider is None:
             return (await asyncio.shield(exchange)).value
+        # Another request's exchange, under that request's deadline, which may be later.
         if not await wait_within_deadline(exchange, deadline=deadline, clock=self._clock):
             raise DeadlineExceeded(self._provider, "waiting for an access token")
         return exchange.result().value

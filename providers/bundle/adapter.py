@@ -24,8 +24,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from providers.base import (
+    MONOTONIC,
     BadUpstreamResponse,
     CallCosts,
+    Clock,
     CredentialsError,
     InvalidCursor,
     OperationUnsupported,
@@ -156,7 +158,7 @@ class BundleAdapter:
     # Usage is in the organization object, or one GET of /usage/posts on newer API versions.
     call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=None, usage=1)
 
-    def __init__(self, settings: ProviderSettings) -> None:
+    def __init__(self, settings: ProviderSettings, *, clock: Clock = MONOTONIC) -> None:
         self.settings = settings
         self._http = UpstreamHttp(
             provider=_PROVIDER,
@@ -164,6 +166,7 @@ class BundleAdapter:
             error_detail=_error_detail,
             status_errors={403: UpstreamUnauthorized},
             rate_limits=RATE_LIMITS,
+            clock=clock,
         )
 
     @classmethod

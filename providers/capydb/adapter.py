@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from providers.base import (
+    MONOTONIC,
     BadUpstreamResponse,
     CallCosts,
+    Clock,
     InvalidCursor,
     OrganizationPage,
     OrganizationRecord,
@@ -102,9 +104,11 @@ class CapyDBAdapter:
     supports_update: ClassVar[bool] = True
     call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=None, usage=1)
 
-    def __init__(self, settings: ProviderSettings) -> None:
+    def __init__(self, settings: ProviderSettings, *, clock: Clock = MONOTONIC) -> None:
         self.settings = settings
-        self._http = UpstreamHttp(provider=_P, settings=settings, error_detail=_error_detail)
+        self._http = UpstreamHttp(
+            provider=_P, settings=settings, error_detail=_error_detail, clock=clock
+        )
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:

@@ -22,15 +22,16 @@ token, retry). A pre-issued ``access_token`` is used as is, so a 401 is final.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from providers.base import (
+    MONOTONIC,
     AccessToken,
     AccessTokenCache,
     BadUpstreamResponse,
     CallCosts,
+    Clock,
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
@@ -103,11 +104,14 @@ class LokeAdapter:
     # LOKE documents no page size (the server decides); 50 is what its sandbox serves.
     call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=50)
 
-    def __init__(self, settings: ProviderSettings) -> None:
+    def __init__(self, settings: ProviderSettings, *, clock: Clock = MONOTONIC) -> None:
         self.settings = settings
-        self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
+        self._clock = clock
+        self._http = UpstreamHttp(
+            provider=_PROVIDER, settings=settings, error_detail=_error_detail, clock=clock
+        )
         self._token_url = settings.token_url or self._http.url(TOKEN_PATH)
-        self._tokens = AccessTokenCache(provider=_PROVIDER)
+        self._tokens = AccessTokenCache(provider=_PROVIDER, clock=clock)
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
@@ -127,7 +131,7 @@ class LokeAdapter:
         client_id, client_secret = credentials.get("client_id"), credentials.get("client_secret")
         if not client_id or not client_secret:
             raise UpstreamUnauthorized(_PROVIDER, "loke credentials have no client_id/secret")
-        started = asyncio.get_running_loop().time()
+        started = self._clock.now()
         try:
             response = await self._http.request(
                 "POST",

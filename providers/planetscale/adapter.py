@@ -27,8 +27,10 @@ from typing import Any, ClassVar
 import httpx
 
 from providers.base import (
+    MONOTONIC,
     BadUpstreamResponse,
     CallCosts,
+    Clock,
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
@@ -104,12 +106,13 @@ class PlanetScaleAdapter:
     supports_update: ClassVar[bool] = True
     call_costs: ClassVar[CallCosts] = CallCosts(organizations_per_page=MAX_PER_PAGE)
 
-    def __init__(self, settings: ProviderSettings) -> None:
+    def __init__(self, settings: ProviderSettings, *, clock: Clock = MONOTONIC) -> None:
         self._http = UpstreamHttp(
             provider=_PROVIDER,
             settings=settings,
             error_detail=_error_detail,
             rate_limits=RATE_LIMITS,
+            clock=clock,
         )
 
     @classmethod

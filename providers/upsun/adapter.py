@@ -43,15 +43,16 @@ An absent or null number counts as 0; one that is not a number is ``BadUpstreamR
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from providers.base import (
+    MONOTONIC,
     AccessToken,
     AccessTokenCache,
     BadUpstreamResponse,
     CallCosts,
+    Clock,
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
@@ -232,11 +233,14 @@ class UpsunAdapter:
         organizations_per_page=PAGE_SIZE, usage=1, subscriptions=1, usage_and_subscriptions=1
     )
 
-    def __init__(self, settings: ProviderSettings) -> None:
+    def __init__(self, settings: ProviderSettings, *, clock: Clock = MONOTONIC) -> None:
         self.settings = settings
         self.token_url = settings.token_url or DEFAULT_TOKEN_URL
-        self._http = UpstreamHttp(provider=_PROVIDER, settings=settings, error_detail=_error_detail)
-        self._tokens = AccessTokenCache(provider=_PROVIDER)
+        self._clock = clock
+        self._http = UpstreamHttp(
+            provider=_PROVIDER, settings=settings, error_detail=_error_detail, clock=clock
+        )
+        self._tokens = AccessTokenCache(provider=_PROVIDER, clock=clock)
 
     @classmethod
     def parse_credentials(cls, values: Mapping[str, Any]) -> ProviderCredentials:
@@ -245,7 +249,7 @@ class UpsunAdapter:
     # ---------------------------------------------------------------------------- auth
 
     async def _fetch_token(self, credentials: ProviderCredentials) -> AccessToken:
-        started = asyncio.get_running_loop().time()
+        started = self._clock.now()
         try:
             response = await self._http.request(
                 "POST",
