@@ -312,11 +312,8 @@ class UpstreamHttp:
             first = exc
 
         def on_retry(attempt: int, wait: float, error: BaseException) -> None:
-            # Optional observer (see the module docs of providers.memo and the gateway's
-            # RequestScope): each retry, before its wait.
-            hook = getattr(memo, "record_retry", None)
-            if hook is not None and isinstance(error, UpstreamError):
-                hook(self.provider, attempt=attempt, wait=wait, error=error)
+            if memo is not None and isinstance(error, UpstreamError):
+                memo.record_retry(self.provider, attempt=attempt, wait=wait, error=error)
 
         return await retry_failed_call(
             first,

@@ -84,6 +84,12 @@ class CallMemo:
         is what the exchange raised, if anything. Never called for answers shared or served
         from a cache, which never reach the wire. Called on the hot path: keep it cheap."""
 
+    def record_retry(
+        self, provider: ProviderName, *, attempt: int, wait: float, error: UpstreamError
+    ) -> None:
+        """A retry of a call to ``provider`` is about to wait ``wait`` seconds before attempt
+        ``attempt`` (2, 3, …), after ``error``. Each attempt is also a ``record_call``."""
+
     async def run(
         self, key: CallKey, fetch: Callable[[], Awaitable[UpstreamResponse]]
     ) -> UpstreamResponse:

@@ -107,7 +107,12 @@ def write_config(
             lines.append(f"ttl_seconds = {provider_ttls[provider]}")
         # Breakers stay shut unless a test asks for one: the shared deployment lives through
         # every fault-injection test, and one test's failures must not fail the next test fast.
-        extra = {"breaker_failures": 0, **(provider_settings or {}).get(provider.key, {})}
+        # No outbound pacing either: these sandboxes enforce no rate limit (rate_limits=False).
+        extra = {
+            "breaker_failures": 0,
+            "rate_limit_per_minute": 0,
+            **(provider_settings or {}).get(provider.key, {}),
+        }
         for key, value in extra.items():
             lines.append(f"{key} = {_toml_value(value)}")
         token_path = getattr(load_sandbox_module(provider), "TOKEN_PATH", None)
