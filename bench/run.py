@@ -187,6 +187,9 @@ class Sandboxes:
                 f'base_url = "{url}"',
                 "timeout_seconds = 10",
                 f'transport = "{transport}"',
+                # The sandboxes run without rate limits; pacing to the providers' documented
+                # limits (600/min for PlanetScale) would measure those limits, not the gateway.
+                "rate_limit_per_minute = 0",
             ]
             token = self.info["tokens"][provider]
             if token:
