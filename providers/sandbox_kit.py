@@ -39,7 +39,9 @@ prefix, as the sandbox's own routes do.
   default 10), so a test knows a request is in flight before it acts. ``GET /__sandbox/hung``
   does the same for ``hang`` (``{"hung": n}``).
 * ``GET /__sandbox/requests`` lists the newest upstream requests served (method, path, query,
-  and ``root_path`` when mounted; at most ``REQUEST_LOG_LIMIT``); ``DELETE`` clears the log.
+  and ``root_path`` when mounted; at most ``REQUEST_LOG_LIMIT``) and ``total``, how many were
+  served since the log was last cleared (benchmarks count past the bound); ``DELETE`` clears
+  both.
 
 Start-up faults (``orggraph sandbox --fault PROVIDER:SPEC``) come in ``SandboxOptions.faults``;
 ``parse_fault_spec`` reads that syntax. Data is generated from ``SandboxOptions.seed`` and
@@ -525,6 +527,7 @@ class SandboxState:
     ) -> None:
         self.error_response = error_response
         self.requests: deque[dict[str, str]] = deque(maxlen=request_log_limit)
+        self.requests_total = 0
         self.rng = fault_rng(seed)
         """Draws of faults without their own ``seed``."""
         self.faults: list[_Active] = []
@@ -666,6 +669,7 @@ class _Control:
         if root_path:
             entry["root_path"] = root_path
         self.state.requests.append(entry)
+        self.state.requests_total += 1
         active = self.state.take_fault(path, scope["path"], scope.get("root_path", ""))
         if active is None:
             await self.app(scope, receive, send)
@@ -785,11 +789,12 @@ def _control_routes(state: SandboxState) -> list[BaseRoute]:
         return JSONResponse({"faults": 0, "released": state.clear_faults()})
 
     async def list_requests(request: Request) -> Response:
-        return JSONResponse({"requests": list(state.requests)})
+        return JSONResponse({"requests": list(state.requests), "total": state.requests_total})
 
     async def clear_requests(request: Request) -> Response:
         state.requests.clear()
-        return JSONResponse({"requests": []})
+        state.requests_total = 0
+        return JSONResponse({"requests": [], "total": 0})
 
     def waiter(
         name: str, wait: Callable[[int, int | None, float], Awaitable[bool]]
