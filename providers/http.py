@@ -57,6 +57,7 @@ from providers.resilience import (
 
 __all__ = [
     "ErrorDetail",
+    "ShapeCheck",
     "UpstreamHttp",
     "UpstreamResponse",
 ]
@@ -97,6 +98,11 @@ _Args = tuple[
 
 ErrorDetail = Callable[[Any], str | None]
 """Pulls the human message out of a provider's error body (``{"error": …}``, ``{"message": …}``)."""
+
+ShapeCheck = Callable[[Any], object]
+"""Validates the shape of a successful answer's parsed body (the envelope the adapter relies
+on, not every field) and raises ``BadUpstreamResponse`` when it is wrong; what it returns is
+ignored. See ``UpstreamHttp.request``'s ``check``."""
 
 
 _STATUS_ERRORS: dict[int, type[UpstreamError]] = {
@@ -214,6 +220,7 @@ class UpstreamHttp:
         expect_json: bool = True,
         identity: str | None = None,
         idempotent: bool | None = None,
+        check: ShapeCheck | None = None,
     ) -> UpstreamResponse:
         """Send one request. GETs go through the request's ``CallMemo`` (shared, and cached
         where the gateway caches) under a ``CallKey`` naming ``identity`` (default: the
@@ -222,20 +229,32 @@ class UpstreamHttp:
         retries included, is reported to that memo's ``record_call``.
 
         ``idempotent`` (default: only for GET) allows retries; pass True for requests that are
-        safe to repeat although they are not GETs, such as token requests. Never for a PATCH."""
+        safe to repeat although they are not GETs, such as token requests. Never for a PATCH.
+
+        ``check`` validates the parsed body of the answer as it arrives from upstream, inside
+        the fetch that the memo shares (and the gateway caches): an answer it refuses (it
+        raises ``BadUpstreamResponse``) is never shared, cached or retried, and reaches every
+        caller waiting for it as that error, so a cache's stale-if-error can still serve an
+        older good copy. Answers served from a cache passed it when they were fetched."""
         memo = call_memo.get()  # the one contextvar read per request
         if idempotent is None:
             idempotent = method == "GET"
         shared = memo is not None and method == "GET"
         key = identity or (credentials.fingerprint if shared or self._pacers is not None else "")
+        args: _Args = (method, url, credentials, headers, params, json, data, auth, expect_json)
+        send: Callable[[], Awaitable[UpstreamResponse]]
 
-        def send() -> Awaitable[UpstreamResponse]:
-            return self._call(
-                memo,
-                key,
-                idempotent,
-                (method, url, credentials, headers, params, json, data, auth, expect_json),
-            )
+        if check is None:
+            # The hot path: the exchange's own coroutine, no layer around it.
+            def send() -> Awaitable[UpstreamResponse]:
+                return self._call(memo, key, idempotent, args)
+
+        else:
+
+            async def send() -> UpstreamResponse:
+                response = await self._call(memo, key, idempotent, args)
+                check(response.body)
+                return response
 
         if not shared:
             return await send()
@@ -257,10 +276,11 @@ class UpstreamHttp:
         bearer: Callable[[], Awaitable[str]],
         invalidate: Callable[[str], None] | None,
         params: Mapping[str, str | int] | None = None,
+        check: ShapeCheck | None = None,
     ) -> UpstreamResponse:
         """GET with ``Authorization: Bearer <token>``; on a 401, ``invalidate`` the token, take
         a fresh one and retry once. ``invalidate=None`` (a token the tenant supplied, which
-        cannot be refreshed) makes the first 401 final."""
+        cannot be refreshed) makes the first 401 final. ``check`` as for ``request``."""
         for attempt in (0, 1):
             token = await bearer()
             try:
@@ -272,6 +292,7 @@ class UpstreamHttp:
                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                     params=params,
                     identity=credentials.fingerprint,
+                    check=check,
                 )
             except UpstreamUnauthorized:
                 if attempt or invalidate is None:

@@ -60,6 +60,7 @@ ORGANIZATION_PATH = "/api/v1/organization/"
 POSTS_USAGE_PATH = "/api/v1/organization/usage/posts"
 
 _PROVIDER = ProviderName.BUNDLE
+_ORGANIZATION_RESPONSE = "organization response"
 
 RATE_LIMITS = (RateLimit(5, 1.0), RateLimit(20, 10.0), RateLimit(100, 60.0))
 """What requests to bundle.social are paced to, per API key, unless ``[providers.bundle]``
@@ -102,7 +103,7 @@ def _subscription_of(organization: Mapping[str, Any]) -> Mapping[str, Any] | Non
 
 
 def _organization_record(body: Any) -> OrganizationRecord:
-    org = _object(body, "organization response")
+    org = _object(body, _ORGANIZATION_RESPONSE)
     org_id = req_str(org, "id", _PROVIDER, "organization")
     suspended = org.get("suspended")
     if suspended is not None and not isinstance(suspended, bool):
@@ -178,17 +179,24 @@ class BundleAdapter:
             raise CredentialsError("bundle credentials need api_key as printable ASCII")
         return credentials
 
-    async def _get(self, credentials: ProviderCredentials, path: str) -> Any:
+    async def _get(
+        self, credentials: ProviderCredentials, path: str, what: str
+    ) -> Mapping[str, Any]:
+        """``GET path``'s body, a JSON object (``what`` names it in errors). That much is
+        checked on the answer as it arrives, so a wrongly-shaped one is never shared or cached."""
         response = await self._http.request(
             "GET",
             self._http.url(path),
             credentials=credentials,
             headers={"x-api-key": credentials["api_key"], "Accept": "application/json"},
+            check=lambda body: _object(body, what),
         )
-        return response.body
+        return _object(response.body, what)
 
     async def _fetch_organization(self, credentials: ProviderCredentials) -> OrganizationRecord:
-        return _organization_record(await self._get(credentials, ORGANIZATION_PATH))
+        return _organization_record(
+            await self._get(credentials, ORGANIZATION_PATH, _ORGANIZATION_RESPONSE)
+        )
 
     async def _raw_for(
         self, credentials: ProviderCredentials, organization: OrganizationRecord
@@ -249,7 +257,7 @@ class BundleAdapter:
         )
         if value is None:
             try:
-                body = _object(await self._get(credentials, POSTS_USAGE_PATH), "posts usage")
+                body = await self._get(credentials, POSTS_USAGE_PATH, "posts usage")
             except UpstreamNotFound:
                 return None  # an API version with neither usage.monthlyPosts nor /usage/posts
             value = opt_float(body, "used", _PROVIDER)

@@ -124,11 +124,19 @@ class CapyDBAdapter:
     def _org_path(self, org_id: str, suffix: str = "") -> str:
         return self._http.url(f"/v1/organizations/{path_segment(org_id, _P)}{suffix}")
 
-    async def _get(self, credentials: ProviderCredentials, url: str) -> Any:
+    async def _get(
+        self, credentials: ProviderCredentials, url: str, envelope: str, what: str
+    ) -> Mapping[str, Any]:
+        """``GET url``'s ``{envelope: {…}}`` object. The envelope is checked on the answer as it
+        arrives, so a wrongly-shaped one is never shared or cached."""
         response = await self._http.request(
-            "GET", url, credentials=credentials, headers=self._headers(credentials)
+            "GET",
+            url,
+            credentials=credentials,
+            headers=self._headers(credentials),
+            check=lambda body: _unwrap(body, envelope, what),
         )
-        return response.body
+        return _unwrap(response.body, envelope, what)
 
     async def list_organizations(
         self, credentials: ProviderCredentials, *, cursor: str | None = None
@@ -136,15 +144,19 @@ class CapyDBAdapter:
         if cursor is not None:
             # A key sees one organization, so there is never a next page to continue from.
             raise InvalidCursor(_P, "capydb lists a single organization per key; no cursor")
-        body = await self._get(credentials, self._http.url("/v1/me"))
-        org = _organization(_unwrap(body, "organization", "/v1/me"))
+        org = _organization(
+            await self._get(credentials, self._http.url("/v1/me"), "organization", "/v1/me")
+        )
         return OrganizationPage(organizations=(org,), next_cursor=None)
 
     async def get_organization(
         self, credentials: ProviderCredentials, provider_id: str
     ) -> OrganizationRecord:
-        body = await self._get(credentials, self._org_path(provider_id))
-        return _organization(_unwrap(body, "organization", "organization"))
+        return _organization(
+            await self._get(
+                credentials, self._org_path(provider_id), "organization", "organization"
+            )
+        )
 
     async def list_subscriptions(
         self, credentials: ProviderCredentials, organization: OrganizationRecord
@@ -170,8 +182,9 @@ class CapyDBAdapter:
     async def get_usage(
         self, credentials: ProviderCredentials, organization: OrganizationRecord
     ) -> UsageRecord | None:
-        body = await self._get(credentials, self._org_path(organization.provider_id, "/usage"))
-        usage = _unwrap(body, "usage", "usage")
+        usage = await self._get(
+            credentials, self._org_path(organization.provider_id, "/usage"), "usage", "usage"
+        )
         totals = usage.get("totals")
         if totals is None:
             totals = {}

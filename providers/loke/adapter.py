@@ -54,6 +54,7 @@ from providers.base import (
     req_str,
     token_exchange_error,
 )
+from providers.http import ShapeCheck
 
 __all__ = ["ADAPTER", "DEFAULT_TOKEN_LIFETIME_SECONDS", "TOKEN_PATH", "LokeAdapter"]
 
@@ -80,9 +81,24 @@ def _error_detail(body: Any) -> str | None:
     return None
 
 
-def _organization(obj: Any) -> OrganizationRecord:
-    if not isinstance(obj, Mapping):
+def _organization_object(body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
         raise BadUpstreamResponse(_PROVIDER, "loke organization is not a JSON object")
+    return body
+
+
+def _organization_list(body: Any) -> list[Any]:
+    """A page of the organization list: a bare JSON array."""
+    if body is None:
+        # Go encodes a nil slice as null; treat it as an empty page.
+        return []
+    if not isinstance(body, list):
+        raise BadUpstreamResponse(_PROVIDER, "loke organization list is not a JSON array")
+    return body
+
+
+def _organization(obj: Any) -> OrganizationRecord:
+    obj = _organization_object(obj)
     return OrganizationRecord(
         provider=_PROVIDER,
         provider_id=req_str(obj, "id", _PROVIDER, "organization"),
@@ -155,9 +171,12 @@ class LokeAdapter:
             default_lifetime=DEFAULT_TOKEN_LIFETIME_SECONDS,
         )
 
-    async def _get(self, credentials: ProviderCredentials, url: str) -> UpstreamResponse:
+    async def _get(
+        self, credentials: ProviderCredentials, url: str, check: ShapeCheck
+    ) -> UpstreamResponse:
         """GET with a bearer token; on 401 refresh the token once and retry (client
-        credentials only: a tenant-supplied access_token cannot be refreshed)."""
+        credentials only: a tenant-supplied access_token cannot be refreshed). ``check`` is the
+        answer's top-level shape, checked before it is shared or cached."""
         static = credentials.get("access_token") is not None
         return await self._http.get_with_bearer(
             url,
@@ -166,6 +185,7 @@ class LokeAdapter:
             invalidate=None
             if static
             else lambda token: self._tokens.invalidate(credentials.fingerprint, token),
+            check=check,
         )
 
     # ---------------------------------------------------------------------------- reads
@@ -177,14 +197,8 @@ class LokeAdapter:
             url = self._http.url(_LIST_PATH)
         else:
             url = page_link(self.settings.base_url, _LIST_PATH, cursor, _PROVIDER)
-        response = await self._get(credentials, url)
-        body = response.body
-        if body is None:
-            # Go encodes a nil slice as null; treat it as an empty page.
-            body = []
-        if not isinstance(body, list):
-            raise BadUpstreamResponse(_PROVIDER, "loke organization list is not a JSON array")
-        organizations = tuple(_organization(item) for item in body)
+        response = await self._get(credentials, url, _organization_list)
+        organizations = tuple(_organization(item) for item in _organization_list(response.body))
         return OrganizationPage(organizations=organizations, next_cursor=self._next(response))
 
     def _next(self, response: UpstreamResponse) -> str | None:
@@ -209,7 +223,9 @@ class LokeAdapter:
         self, credentials: ProviderCredentials, provider_id: str
     ) -> OrganizationRecord:
         segment = path_segment(provider_id, _PROVIDER)
-        response = await self._get(credentials, self._http.url(f"{_LIST_PATH}/{segment}"))
+        response = await self._get(
+            credentials, self._http.url(f"{_LIST_PATH}/{segment}"), _organization_object
+        )
         return _organization(response.body)
 
     async def list_subscriptions(

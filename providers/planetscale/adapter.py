@@ -80,9 +80,33 @@ def _error_detail(body: Any) -> str | None:
     return None
 
 
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BadUpstreamResponse(_PROVIDER, f"planetscale {what} is not a JSON object")
+    return value
+
+
+def _organization_object(body: Any) -> Mapping[str, Any]:
+    return _object(body, "organization")
+
+
+def _list_items(body: Any) -> list[Any]:
+    """The ``data`` of the list envelope ``{"type": "list", "current_page": …, "next_page": …,
+    "next_page_url": …, "data": [...]}``; null is an empty page."""
+    body = _object(body, "organization list")
+    # The list envelope always has "data"; a body without it is not this API's answer.
+    if "data" not in body:
+        raise BadUpstreamResponse(_PROVIDER, "planetscale organization list has no data array")
+    items = body["data"]
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise BadUpstreamResponse(_PROVIDER, "planetscale organization list has no data array")
+    return items
+
+
 def _organization(obj: Any) -> OrganizationRecord:
-    if not isinstance(obj, Mapping):
-        raise BadUpstreamResponse(_PROVIDER, "planetscale organization is not a JSON object")
+    obj = _organization_object(obj)
     req_str(obj, "id", _PROVIDER, "organization")
     name = req_str(obj, "name", _PROVIDER, "organization")
     return OrganizationRecord(
@@ -177,21 +201,17 @@ class PlanetScaleAdapter:
             url = page_link(self._http.settings.base_url, _LIST_PATH, cursor, _PROVIDER)
             params = None
         response = await self._http.request(
-            "GET", url, credentials=credentials, headers=self._headers(credentials), params=params
+            "GET",
+            url,
+            credentials=credentials,
+            headers=self._headers(credentials),
+            params=params,
+            # Checked as it arrives: a wrongly-shaped page is never shared or cached.
+            check=_list_items,
         )
         body = response.body
-        if not isinstance(body, Mapping):
-            raise BadUpstreamResponse(_PROVIDER, "planetscale organization list is not an object")
-        # The list envelope always has "data"; a body without it is not this API's answer.
-        if "data" not in body:
-            raise BadUpstreamResponse(_PROVIDER, "planetscale organization list has no data array")
-        items = body["data"]
-        if items is None:
-            items = []
-        if not isinstance(items, list):
-            raise BadUpstreamResponse(_PROVIDER, "planetscale organization list has no data array")
         return OrganizationPage(
-            organizations=tuple(_organization(item) for item in items),
+            organizations=tuple(_organization(item) for item in _list_items(body)),
             next_cursor=self._next_link(response, body),
         )
 
@@ -203,6 +223,7 @@ class PlanetScaleAdapter:
             self._organization_url(provider_id),
             credentials=credentials,
             headers=self._headers(credentials),
+            check=_organization_object,
         )
         return _organization(response.body)
 

@@ -78,6 +78,7 @@ from providers.base import (
     req_str,
     token_exchange_error,
 )
+from providers.http import ShapeCheck
 
 __all__ = ["ADAPTER", "CLIENT_ID", "DEFAULT_TOKEN_URL", "PAGE_SIZE", "UpsunAdapter"]
 
@@ -121,9 +122,14 @@ def _error_detail(body: Any) -> str | None:
     return None
 
 
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BadUpstreamResponse(_PROVIDER, f"upsun {what} is not a JSON object")
+    return value
+
+
 def _organization(item: Any) -> OrganizationRecord:
-    if not isinstance(item, Mapping):
-        raise BadUpstreamResponse(_PROVIDER, "upsun organization is not a JSON object")
+    item = _object(item, "organization")
     provider_id = req_str(item, "id", _PROVIDER, "organization")
     slug = opt_str(item, "name")
     # ``label`` is the human name; the machine name is the best stand-in if it is ever missing.
@@ -146,8 +152,7 @@ def _organization(item: Any) -> OrganizationRecord:
 
 
 def _subscription(item: Any, organization_id: str) -> SubscriptionRecord:
-    if not isinstance(item, Mapping):
-        raise BadUpstreamResponse(_PROVIDER, "upsun subscription is not a JSON object")
+    item = _object(item, "subscription")
     status = opt_str(item, "status")
     return SubscriptionRecord(
         provider=_PROVIDER,
@@ -165,8 +170,8 @@ def _subscription(item: Any, organization_id: str) -> SubscriptionRecord:
 
 
 def _items(body: Any, what: str) -> Sequence[Any]:
-    if not isinstance(body, Mapping):
-        raise BadUpstreamResponse(_PROVIDER, f"upsun {what} response is not a JSON object")
+    """The ``items`` of a list page (``{"items": [...], "_links": {...}}``); null is none."""
+    body = _object(body, f"{what} response")
     if "items" not in body:
         raise BadUpstreamResponse(_PROVIDER, f"upsun {what} response has no 'items'")
     items = body["items"]
@@ -175,6 +180,18 @@ def _items(body: Any, what: str) -> Sequence[Any]:
     if not isinstance(items, list):
         raise BadUpstreamResponse(_PROVIDER, f"upsun {what} response has no 'items' list")
     return items
+
+
+def _organization_shape(body: Any) -> object:
+    return _object(body, "organization")
+
+
+def _organizations_shape(body: Any) -> object:
+    return _items(body, "organizations")
+
+
+def _subscriptions_shape(body: Any) -> object:
+    return _items(body, "subscriptions")
 
 
 def _count(item: Mapping[str, Any], key: str) -> float:
@@ -271,9 +288,11 @@ class UpsunAdapter:
         self,
         credentials: ProviderCredentials,
         url: str,
-        params: Mapping[str, str | int] | None = None,
+        params: Mapping[str, str | int] | None,
+        check: ShapeCheck,
     ) -> UpstreamResponse:
-        """An authenticated GET: on 401, one fresh token and one retry."""
+        """An authenticated GET: on 401, one fresh token and one retry. ``check`` is the
+        answer's envelope, checked before it is shared or cached."""
         key = credentials.fingerprint
         return await self._http.get_with_bearer(
             url,
@@ -281,6 +300,7 @@ class UpsunAdapter:
             bearer=lambda: self._tokens.get(key, lambda: self._fetch_token(credentials)),
             invalidate=lambda token: self._tokens.invalidate(key, token),
             params=params,
+            check=check,
         )
 
     # ---------------------------------------------------------------------------- links
@@ -323,7 +343,7 @@ class UpsunAdapter:
         else:
             url = page_link(self.settings.base_url, _LIST_PATH, cursor, _PROVIDER)
             params = None
-        response = await self._get(credentials, url, params)
+        response = await self._get(credentials, url, params, _organizations_shape)
         body = response.body
         organizations = tuple(_organization(item) for item in _items(body, "organizations"))
         next_url = self._next_href(body, response.url, _LIST_PATH)
@@ -335,7 +355,9 @@ class UpsunAdapter:
         self, credentials: ProviderCredentials, provider_id: str
     ) -> OrganizationRecord:
         segment = path_segment(provider_id, _PROVIDER)
-        response = await self._get(credentials, self._http.url(f"{_LIST_PATH}/{segment}"))
+        response = await self._get(
+            credentials, self._http.url(f"{_LIST_PATH}/{segment}"), None, _organization_shape
+        )
         return _organization(response.body)
 
     async def _subscription_items(
@@ -347,7 +369,7 @@ class UpsunAdapter:
         seen: set[str] = set()
         items: list[Any] = []
         for _ in range(_MAX_PAGES):
-            response = await self._get(credentials, url, params)
+            response = await self._get(credentials, url, params, _subscriptions_shape)
             seen.update((url, response.url))
             items.extend(_items(response.body, "subscriptions"))
             next_url = self._next_href(response.body, response.url, list_path)
