@@ -96,7 +96,7 @@ def gateway_config(path: Path, sandboxes: Sandboxes, *, deadline: float, cooldow
         "[cache]",
         'backend = "memory"',
         "ttl_seconds = 2",
-        "stale_seconds = 120",
+        "stale_seconds = 30",  # entries then live 32 s: the store is full, and flat, after that
         "",
     ]
     for provider, url in sandboxes.info["urls"].items():
@@ -414,6 +414,7 @@ def main() -> int:
         ),
         "",
         *(f"- {text}: {'MET' if ok else 'NOT MET'}" for text, ok in checks),
+        "- resident memory every 5 s (MiB): " + " ".join(f"{m:.0f}" for _, m in rss),
         *(f"- wrong datum: {w}" for w in soak_.wrong[:10]),
         "",
     ]

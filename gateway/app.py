@@ -137,6 +137,19 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+FULL_COLLECTION_SECONDS = 10.0
+"""With the thresholds above, CPython's full collections wait for long-lived garbage to reach a
+quarter of the long-lived heap, and failing upstreams make plenty of it (exceptions, their
+tracebacks and the frames they hold are reference cycles). Measured with `make chaos`: resident
+memory rose 107 -> 127 MiB over two minutes of faults without this, and stayed flat with it."""
+
+
+async def _collect_periodically() -> None:
+    while True:
+        await asyncio.sleep(FULL_COLLECTION_SECONDS)
+        gc.collect()
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS),
@@ -450,6 +463,8 @@ def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = N
                 effective = await stack.enter_async_context(running_demo(demo or DemoOptions()))
             runtime = build_runtime(effective)
             _tune_garbage_collector()
+            collector = asyncio.create_task(_collect_periodically())
+            stack.callback(collector.cancel)
             stack.push_async_callback(runtime.upstreams.aclose)
             stack.push_async_callback(runtime.cache.close)
             app.state.runtime = runtime
