@@ -276,7 +276,7 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
             if query is None:
                 # Apollo clients look for this message and code, then resend with the query.
                 return Response(
-                    error_body("PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound"),
+                    error_body(ErrorCode.PERSISTED_QUERY_NOT_FOUND, "PersistedQueryNotFound"),
                     media_type=media_type,
                     headers=_NO_STORE,
                 )
