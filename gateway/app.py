@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from gateway.cache import CacheLayer, build_cache, request_key
 from gateway.errors import ErrorCode, GatewayError, format_error
 from gateway.execution import Executor
 from gateway.ids import CursorSigner
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics, request_outcome
 from gateway.ratelimit import TenantRateLimiter, build_rate_limiter
 from gateway.schema import RequestContext, build_schema
 from gateway.settings import Settings
@@ -81,6 +83,7 @@ class Runtime:
     cache: CacheLayer
     cursors: CursorSigner
     rate_limiter: TenantRateLimiter
+    metrics: GatewayMetrics
 
 
 def _cache_key_secret(settings: Settings) -> bytes:
@@ -101,7 +104,9 @@ def _cache_key_secret(settings: Settings) -> bytes:
 def build_runtime(settings: Settings) -> Runtime:
     server = settings.server
     upstreams = Upstreams(settings.providers)
-    return Runtime(
+    metrics = GatewayMetrics()
+    metrics.watch_circuits(upstreams.circuit_state, settings.providers)
+    runtime = Runtime(
         settings=settings,
         executor=Executor(
             build_schema()._schema,
@@ -124,7 +129,10 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         cursors=CursorSigner(server.cursor_secret),
         rate_limiter=build_rate_limiter(settings.tenants, settings.cache),
+        metrics=metrics,
     )
+    runtime.cache.metrics = metrics
+    return runtime
 
 
 def _tune_garbage_collector() -> None:
@@ -233,13 +241,33 @@ async def graphql_endpoint(request: Request) -> Response:
                 406,
             )
         )
+    started = time.perf_counter()
+    observed = _Observed()
     try:
-        return await _serve_graphql(request, runtime, media_type)
+        return await _serve_graphql(request, runtime, media_type, observed)
     except RequestRejected as exc:
+        observed.outcome = exc.code.value
+        if exc.code is ErrorCode.RATE_LIMITED:
+            runtime.metrics.rate_limit(observed.tenant)
         return _reject(exc, media_type)
+    finally:
+        runtime.metrics.request(
+            observed.operation_type, observed.outcome, time.perf_counter() - started
+        )
 
 
-async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) -> Response:
+@dataclass(slots=True)
+class _Observed:
+    """What the metrics say of one /graphql request (bounded values only)."""
+
+    operation_type: str = "unknown"
+    outcome: str = "ok"
+    tenant: str = ""
+
+
+async def _serve_graphql(
+    request: Request, runtime: Runtime, media_type: str, observed: _Observed
+) -> Response:
     server = runtime.settings.server
     # Under graphql-response+json, a request that never reaches execution answers 4xx; under
     # application/json such answers stay 200 for the clients written before the spec.
@@ -249,6 +277,8 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     except GatewayError as exc:
         raise RequestRejected(exc.code, exc.message, 401) from None
 
+    observed.tenant = tenant.name
+    metrics = runtime.metrics
     decision = await runtime.rate_limiter.hit(tenant.name)
     if not decision.allowed:
         raise RequestRejected(
@@ -273,7 +303,9 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
             register = True  # once the document has parsed and validated
         else:
             query = await cache.persisted_query(persisted)
+            metrics.cache("apq", "miss" if query is None else "hit")
             if query is None:
+                observed.outcome = ErrorCode.PERSISTED_QUERY_NOT_FOUND.value
                 # Apollo clients look for this message and code, then resend with the query.
                 return Response(
                     error_body(ErrorCode.PERSISTED_QUERY_NOT_FOUND, "PersistedQueryNotFound"),
@@ -290,7 +322,9 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     if cache.response_cache_enabled and not want_cost and not register:
         cache_key = request_key(tenant.name, query, operation_name, variables)
         hit = await cache.get_response(cache_key)
+        metrics.cache("response", "miss" if hit is None else "hit")
         if hit is not None:
+            observed.operation_type = "query"
             body, fresh_for = hit
             return Response(
                 body,
@@ -301,6 +335,7 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     prepared = executor.prepare(query)
     if prepared.errors or prepared.document is None:
         rejected = {"errors": [format_error(e) for e in prepared.errors]}
+        observed.outcome = request_outcome(False, [_code(e) for e in rejected["errors"]])
         return Response(
             orjson.dumps(rejected),
             status_code=request_error_status,
@@ -310,6 +345,8 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     if register:
         await cache.persist_query(persisted or "", query)
     operation = prepared.operation_type(operation_name)
+    if operation is not None:
+        observed.operation_type = operation.value
     if operation is None:
         raise RequestRejected(
             ErrorCode.BAD_USER_INPUT,
@@ -360,6 +397,9 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     payload: dict[str, Any] = {}
     if errors:
         payload["errors"] = [format_error(e) for e in errors]
+        observed.outcome = request_outcome(
+            result.data is not None, [_code(e) for e in payload["errors"]]
+        )
     # Spec: "data" is present (maybe null) once execution started, absent when the request
     # failed before it (variables that do not coerce, say); only execution errors have a path.
     started = result.data is not None or not errors or any(e.path for e in errors)
@@ -390,6 +430,12 @@ async def _serve_graphql(request: Request, runtime: Runtime, media_type: str) ->
     )
 
 
+def _code(formatted: Any) -> str:
+    extensions = formatted.get("extensions") if isinstance(formatted, dict) else None
+    code = extensions.get("code") if isinstance(extensions, dict) else None
+    return code if isinstance(code, str) else ErrorCode.INTERNAL.value
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     """Last resort for a bug outside any resolver: a GraphQL-shaped answer, never a bare 500
     or a stack trace; the details go to the log."""
@@ -409,6 +455,37 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"}, headers=_NO_STORE)
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the config is loaded and, with a Redis cache, Redis answers a PING in time."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        return _not_ready("config not loaded")
+    cache_settings = runtime.settings.cache
+    if cache_settings.backend == "redis":
+        client = runtime.cache._redis()
+        if client is None:
+            return _not_ready("redis client unavailable")
+        try:
+            await asyncio.wait_for(client.ping(), cache_settings.redis_timeout_seconds)
+        except Exception as exc:
+            # The exception's type only: its text may name the Redis URL and its password.
+            return _not_ready(f"redis unreachable ({type(exc).__name__})")
+    return JSONResponse({"status": "ready"}, headers=_NO_STORE)
+
+
+def _not_ready(reason: str) -> Response:
+    return JSONResponse({"status": "not ready", "reason": reason}, 503, headers=_NO_STORE)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    return Response(
+        runtime.metrics.exposition(),
+        media_type=CONTENT_TYPE,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -489,6 +566,12 @@ def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = N
         routes=[
             Route("/graphql", graphql_endpoint, methods=["GET", "HEAD", "POST"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            *(
+                [Route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])]
+                if settings is None or settings.server.metrics
+                else []
+            ),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=middleware,

@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import orjson
@@ -36,6 +36,9 @@ from aiocache import SimpleMemoryCache
 from aiocache.serializers import BaseSerializer, NullSerializer
 
 from gateway.settings import CacheSettings
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
 from providers.base import (
     BadUpstreamResponse,
     CallKey,
@@ -283,6 +286,7 @@ class CacheLayer:
             {} if settings.backend == "memory" else None
         )
         self._apq = _QueryStore(APQ_LOCAL_BYTES)
+        self.metrics: GatewayMetrics | None = None  # set by the app (gateway.metrics)
 
     @property
     def response_cache_enabled(self) -> bool:
@@ -310,7 +314,10 @@ class CacheLayer:
     # ------------------------------------------------------------------ coalescing
 
     async def coalesce(
-        self, key: Hashable, fetch: Callable[[], Awaitable[UpstreamResponse]]
+        self,
+        key: Hashable,
+        fetch: Callable[[], Awaitable[UpstreamResponse]],
+        provider: ProviderName | None = None,
     ) -> UpstreamResponse:
         """One upstream request for every concurrent caller with the same key.
 
@@ -323,6 +330,8 @@ class CacheLayer:
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
             # Every caller may be gone when it fails: mark the failure seen, not "never retrieved".
             task.add_done_callback(mark_failure_retrieved)
+        elif provider is not None and self.metrics is not None:
+            self.metrics.coalesced_call(provider)
         return await asyncio.shield(task)
 
     # ------------------------------------------------------------------ generations
@@ -492,9 +501,17 @@ class RequestScope(CallMemo):
         status: int | None,
         error: UpstreamError | None,
     ) -> None:
-        observer = self.layer.observer
-        if observer is not None:
-            observer(self.tenant, provider, seconds, error)
+        layer = self.layer
+        if layer.observer is not None:
+            layer.observer(self.tenant, provider, seconds, error)
+        if layer.metrics is not None:
+            layer.metrics.upstream_call(provider, seconds, "ok" if error is None else error.code)
+
+    def record_retry(
+        self, provider: ProviderName, *, attempt: int, wait: float, error: UpstreamError
+    ) -> None:
+        if self.layer.metrics is not None:
+            self.layer.metrics.retry(provider)
 
     async def _generation(self, provider: ProviderName, credentials: str) -> int:
         pair = (provider, credentials)
@@ -542,7 +559,7 @@ class RequestScope(CallMemo):
         if ttl <= 0:
             # Nothing to cache: still share one upstream request between concurrent callers.
             self.used.fresh_for = 0.0
-            return await layer.coalesce((self.tenant, key), fetch)
+            return await layer.coalesce((self.tenant, key), fetch, key.provider)
         credential_id = layer.credential_id(key.credentials)
         generation = await self._generation(key.provider, credential_id)
         cache_key = (
@@ -556,7 +573,11 @@ class RequestScope(CallMemo):
             age = max(0.0, time.time() - float(found["at"]))
             if age < ttl:
                 self.used.fresh_for = min(self.used.fresh_for, ttl - age)
+                if layer.metrics is not None:
+                    layer.metrics.cache("upstream", "hit")
                 return _unpack(found)
+        if layer.metrics is not None:
+            layer.metrics.cache("upstream", "miss")
 
         async def fetch_and_store() -> UpstreamResponse:
             response = await fetch()
@@ -566,9 +587,11 @@ class RequestScope(CallMemo):
             return response
 
         try:
-            response = await layer.coalesce(cache_key, fetch_and_store)
+            response = await layer.coalesce(cache_key, fetch_and_store, key.provider)
         except _STALE_ON:
             if entry is not None and age < ttl + layer.settings.stale_seconds:
+                if layer.metrics is not None:
+                    layer.metrics.cache("upstream", "stale")
                 self.used.stale[key.provider] = max(self.used.stale.get(key.provider, 0.0), age)
                 return _unpack(entry)
             raise

@@ -46,6 +46,8 @@ class ServerSettings:
     port: int = 8000
     workers: int = 1
     graphiql: bool = True
+    metrics: bool = True
+    """Serve Prometheus metrics at GET /metrics."""
     introspection: bool = True
     """Also governs "Did you mean …" suggestions, which would reveal the schema piecemeal."""
     max_depth: int = 12
@@ -150,6 +152,7 @@ _SERVER_KEYS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("port", int),
     ("workers", int),
     ("graphiql", bool),
+    ("metrics", bool),
     ("introspection", bool),
     ("max_depth", int),
     ("max_tokens", int),

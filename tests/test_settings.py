@@ -13,7 +13,7 @@ from gateway.tenancy import TenantDirectory, hash_api_key
 from providers.base import ProviderName
 
 GOOD = {
-    "server": {"port": 8080, "graphiql": False},
+    "server": {"port": 8080, "graphiql": False, "metrics": False},
     "cache": {"backend": "none"},
     "providers": {
         "capydb": {"base_url": "http://127.0.0.1:1/api/capydb", "timeout_seconds": 2},
@@ -34,6 +34,8 @@ GOOD = {
 def test_good_config_with_env_values() -> None:
     settings = parse_settings(GOOD, env={"TEST_CAPY_KEY": "capy_live_sandbox_x"})
     assert settings.server.port == 8080 and settings.server.graphiql is False
+    assert settings.server.metrics is False
+    assert parse_settings({**GOOD, "server": {}}, env={"TEST_CAPY_KEY": "k"}).server.metrics
     assert settings.providers[ProviderName.CAPYDB].base_url == "http://127.0.0.1:1/api/capydb"
     assert settings.providers[ProviderName.CAPYDB].timeout_seconds == 2
     (tenant,) = settings.tenants

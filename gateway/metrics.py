@@ -1,0 +1,145 @@
+"""Prometheus metrics of one gateway app, in a registry of its own (never the global default),
+so several apps in one process (tests) keep their figures apart.
+
+Every label is bounded: operation types, outcomes from a fixed set, provider names, cache
+layers and configured tenant names; never a client-chosen operation name, an id, a URL or a key.
+
+- ``orggraph_requests_total{operation_type, outcome}``: operation_type is query, mutation or
+  unknown (the request never got that far); outcome is ``ok``, ``partial`` (data with errors)
+  or the ``ErrorCode`` of the first error (``gateway.errors.ErrorCode``; any other code counts
+  as ``INTERNAL``).
+- ``orggraph_request_duration_seconds``: histogram of /graphql answers.
+- ``orggraph_upstream_requests_total{provider, outcome}``: real HTTP exchanges; outcome is
+  ``ok`` or the ``UpstreamError`` code; ``orggraph_upstream_request_duration_seconds{provider}``.
+- ``orggraph_upstream_retries_total{provider}``: retries about to wait.
+- ``orggraph_circuit_state{provider}``: 0 closed, 1 half-open, 2 open (read at scrape time).
+- ``orggraph_cache_requests_total{layer, result}``: layer upstream|response|apq,
+  result hit|miss|stale.
+- ``orggraph_coalesced_calls_total{provider}``: callers that joined an in-flight upstream read.
+- ``orggraph_rate_limited_total{tenant}``: 429 RATE_LIMITED answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.errors import ErrorCode
+from providers.base import ProviderName
+
+__all__ = ["CIRCUIT_STATES", "CONTENT_TYPE", "GatewayMetrics", "request_outcome"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CIRCUIT_STATES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
+_CODES = frozenset(code.value for code in ErrorCode)
+_OPERATION_TYPES = frozenset({"query", "mutation"})
+
+
+def request_outcome(has_data: bool, codes: list[str]) -> str:
+    """``ok``, ``partial`` or the first error's code, from the fixed ``ErrorCode`` set."""
+    if not codes:
+        return "ok"
+    if has_data:
+        return "partial"
+    return codes[0] if codes[0] in _CODES else ErrorCode.INTERNAL.value
+
+
+class _CircuitCollector(Collector):
+    def __init__(self, state: Callable[[ProviderName], str], providers: Iterable[ProviderName]):
+        self._state = state
+        self._providers = tuple(providers)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "orggraph_circuit_state",
+            "Circuit breaker per provider: 0 closed, 1 half-open, 2 open",
+            labels=["provider"],
+        )
+        for provider in self._providers:
+            family.add_metric([provider.value], CIRCUIT_STATES.get(self._state(provider), 0))
+        yield family
+
+
+class GatewayMetrics:
+    """The app's metrics; methods are cheap enough for the hot path."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "orggraph_requests_total",
+            "GraphQL requests answered",
+            ["operation_type", "outcome"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "orggraph_request_duration_seconds", "GraphQL request duration", registry=registry
+        )
+        self.upstream_requests = Counter(
+            "orggraph_upstream_requests_total",
+            "Real HTTP exchanges with providers",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "orggraph_upstream_request_duration_seconds",
+            "Duration of real HTTP exchanges with providers",
+            ["provider"],
+            registry=registry,
+        )
+        self.upstream_retries = Counter(
+            "orggraph_upstream_retries_total",
+            "Retries of upstream calls",
+            ["provider"],
+            registry=registry,
+        )
+        self.cache_requests = Counter(
+            "orggraph_cache_requests_total",
+            "Cache lookups by layer and result",
+            ["layer", "result"],
+            registry=registry,
+        )
+        self.coalesced = Counter(
+            "orggraph_coalesced_calls_total",
+            "Upstream reads that joined one already in flight",
+            ["provider"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "orggraph_rate_limited_total",
+            "Requests refused with 429 RATE_LIMITED",
+            ["tenant"],
+            registry=registry,
+        )
+
+    def watch_circuits(
+        self, state: Callable[[ProviderName], str], providers: Iterable[ProviderName]
+    ) -> None:
+        self.registry.register(_CircuitCollector(state, providers))
+
+    def request(self, operation_type: str, outcome: str, seconds: float) -> None:
+        if operation_type not in _OPERATION_TYPES:
+            operation_type = "unknown"
+        self.requests.labels(operation_type, outcome).inc()
+        self.request_duration.observe(seconds)
+
+    def upstream_call(self, provider: ProviderName, seconds: float, outcome: str) -> None:
+        self.upstream_requests.labels(provider.value, outcome).inc()
+        self.upstream_duration.labels(provider.value).observe(seconds)
+
+    def retry(self, provider: ProviderName) -> None:
+        self.upstream_retries.labels(provider.value).inc()
+
+    def cache(self, layer: str, result: str) -> None:
+        self.cache_requests.labels(layer, result).inc()
+
+    def coalesced_call(self, provider: ProviderName) -> None:
+        self.coalesced.labels(provider.value).inc()
+
+    def rate_limit(self, tenant: str) -> None:
+        self.rate_limited.labels(tenant).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
