@@ -8,13 +8,16 @@ import ipaddress
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import ConfigError, Settings, load_settings
 from providers.base import ProviderName, load_sandbox_module
 
@@ -52,15 +55,23 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"OrgGraph on http://{host}:{port}/graphql ({len(settings.tenants)} tenant(s))")
         if workers > 1:
             os.environ[CONFIG_ENV] = os.path.abspath(config_path)
-            uvicorn.run(
-                "gateway.cli:app_from_env",
-                factory=True,
-                host=host,
-                port=port,
-                workers=workers,
-                log_level=log_level,
-                access_log=args.verbose,
-            )
+            # Workers import prometheus_client after this, so they count in shared files.
+            own_dir = MULTIPROC_ENV not in os.environ
+            if own_dir:
+                os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="orggraph-metrics-")
+            try:
+                uvicorn.run(
+                    "gateway.cli:app_from_env",
+                    factory=True,
+                    host=host,
+                    port=port,
+                    workers=workers,
+                    log_level=log_level,
+                    access_log=args.verbose,
+                )
+            finally:
+                if own_dir:
+                    shutil.rmtree(os.environ.pop(MULTIPROC_ENV), ignore_errors=True)
         else:
             uvicorn.run(
                 create_app(settings),

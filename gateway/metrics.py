@@ -17,20 +17,30 @@ layers and configured tenant names; never a client-chosen operation name, an id,
   result hit|miss|stale.
 - ``orggraph_coalesced_calls_total{provider}``: callers that joined an in-flight upstream read.
 - ``orggraph_rate_limited_total{tenant}``: 429 RATE_LIMITED answers.
+
+With several worker processes (``[server] workers > 1``) the CLI points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start: every worker then
+writes its counters and histograms there, and a scrape, whichever worker answers it, adds up
+every worker's (prometheus_client's multiprocess mode). The circuit gauge is the answering
+worker's own view: each worker has its own breakers.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.errors import ErrorCode
 from providers.base import ProviderName
 
-__all__ = ["CIRCUIT_STATES", "CONTENT_TYPE", "GatewayMetrics", "request_outcome"]
+__all__ = ["CIRCUIT_STATES", "CONTENT_TYPE", "MULTIPROC_ENV", "GatewayMetrics", "request_outcome"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CIRCUIT_STATES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
@@ -68,6 +78,11 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
+        shared = os.environ.get(MULTIPROC_ENV)
+        if shared:
+            # The values live in the shared directory's files; what is served is their sum.
+            MultiProcessCollector(self.registry, path=shared)
+            registry = CollectorRegistry()
         self.requests = Counter(
             "orggraph_requests_total",
             "GraphQL requests answered",

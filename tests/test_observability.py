@@ -6,14 +6,16 @@ from __future__ import annotations
 import secrets
 import socket
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from providers.base import ProviderName
-from tests.conftest import KEYS, ORG_LIST_PATHS, MakeGateway
-from tests.support import http
-from tests.test_redis import RedisServer
+from tests.conftest import KEYS, ORG_LIST_PATHS, MakeGateway, write_config
+from tests.support import ServedApp, http
+from tests.test_redis import GatewayProcess, RedisServer
 
 PLANETSCALE = "{ organizations(first: 3, providers: [PLANETSCALE]) { nodes { providerId name } } }"
 LIST = ORG_LIST_PATHS[ProviderName.PLANETSCALE]
@@ -205,3 +207,37 @@ def test_readyz_with_a_real_redis_is_ready(make_gateway: MakeGateway) -> None:
         assert _ready(gw.url) == (200, {"status": "ready"})
     finally:
         server.stop()
+
+
+def test_workers_share_their_counts(
+    sandboxes: dict[ProviderName, ServedApp], tmp_path: Path
+) -> None:
+    """With two worker processes a scrape, whichever worker answers it, counts both."""
+    config = write_config(
+        tmp_path / "workers.toml",
+        sandboxes,
+        server={"workers": 2, "max_depth": 8, "max_upstream_calls": 1000},
+    )
+    gateway = GatewayProcess(config)
+    try:
+        sent = 24
+        for _ in range(sent):  # a fresh connection each: the kernel spreads them over workers
+            with httpx.Client(timeout=10) as client:
+                response = client.post(
+                    gateway.url + "/graphql",
+                    json={"query": "{ __typename }"},
+                    headers={"Authorization": f"Bearer {KEYS['acme']}"},
+                )
+                assert response.status_code == 200
+        for _ in range(6):
+            with httpx.Client(timeout=10) as client:
+                text = client.get(gateway.url + "/metrics").text
+            counted = sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "orggraph_requests_total"
+            )
+            assert counted == sent
+    finally:
+        gateway.stop()
