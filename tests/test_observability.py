@@ -3,8 +3,10 @@ the switch, and readiness with no cache, an unreachable Redis and a real one."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import socket
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,41 @@ def test_workers_share_their_counts(
             assert counted == sent
     finally:
         gateway.stop()
+
+
+def test_persisted_query_lookups_are_counted(make_gateway: MakeGateway) -> None:
+    gw = make_gateway(cache={"backend": "memory"})
+    query = "{ __typename }"
+    extensions = {
+        "persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(query.encode()).hexdigest()}
+    }
+    auth = {"Authorization": f"Bearer {KEYS['acme']}"}
+    before = scrape(gw.url)
+    missing = http.post(gw.url + "/graphql", json={"extensions": extensions}, headers=auth)
+    assert missing.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+    http.post(gw.url + "/graphql", json={"query": query, "extensions": extensions}, headers=auth)
+    found = http.post(gw.url + "/graphql", json={"extensions": extensions}, headers=auth)
+    assert found.json() == {"data": {"__typename": "Query"}}
+    after = scrape(gw.url)
+    cache = "orggraph_cache_requests_total"
+    assert delta(before, after, cache, layer="apq", result="miss") == 1
+    assert delta(before, after, cache, layer="apq", result="hit") == 1
+    requests = "orggraph_requests_total"
+    assert delta(before, after, requests, outcome="PERSISTED_QUERY_NOT_FOUND") == 1
+    assert delta(before, after, requests, operation_type="query", outcome="ok") == 2
+
+
+def test_joined_reads_are_counted_once_upstream(make_gateway: MakeGateway) -> None:
+    gw = make_gateway(cache={"backend": "none"})
+    gw.sandboxes[ProviderName.UPSUN].fault(delay_ms=300, path_prefix="/organizations")
+    query = "{ organizations(first: 100, providers: [UPSUN]) { nodes { providerId } } }"
+    before = scrape(gw.url)
+    threads = [threading.Thread(target=lambda: gw.data(query)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = scrape(gw.url)
+    calls = len(gw.sandboxes_requests("UPSUN"))
+    assert delta(before, after, "orggraph_coalesced_calls_total", provider="UPSUN") >= 1
+    assert delta(before, after, "orggraph_upstream_requests_total") == calls
