@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.telemetry import TelemetrySettings, require_sdk
 from providers.base import (
     CredentialsError,
     ProviderCredentials,
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "ServerSettings",
     "Settings",
+    "TelemetrySettings",
     "TenantSettings",
     "load_settings",
     "parse_settings",
@@ -110,6 +112,7 @@ class Settings:
     provider_ttls: Mapping[ProviderName, float] = field(default_factory=dict)
     """Per-provider cache TTLs ([providers.X] ttl_seconds); others use cache.ttl_seconds."""
     tenants: tuple[TenantSettings, ...] = ()
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     demo: bool = False
 
 
@@ -246,6 +249,38 @@ def _cache(table: Mapping[str, Any]) -> CacheSettings:
     return settings
 
 
+def _telemetry(table: Mapping[str, Any]) -> TelemetrySettings:
+    _check_keys(table, {"otlp_endpoint", "service_name", "sample_ratio", "headers"}, "telemetry")
+    kwargs: dict[str, Any] = {}
+    if "otlp_endpoint" in table:
+        endpoint = _typed(table, "otlp_endpoint", str, "telemetry")
+        if not re.match(r"^https?://[^/\s]+", endpoint):
+            raise ConfigError(
+                'telemetry.otlp_endpoint must be an http(s) URL like "http://collector:4318"'
+            )
+        try:
+            require_sdk()
+        except ImportError as exc:
+            raise ConfigError(f"telemetry.otlp_endpoint: {exc}") from None
+        kwargs["otlp_endpoint"] = endpoint
+    if "service_name" in table:
+        kwargs["service_name"] = _typed(table, "service_name", str, "telemetry")
+        if not kwargs["service_name"]:
+            raise ConfigError("telemetry.service_name must not be empty")
+    if "sample_ratio" in table:
+        kwargs["sample_ratio"] = float(_typed(table, "sample_ratio", (int, float), "telemetry"))
+        if not 0 <= kwargs["sample_ratio"] <= 1:
+            raise ConfigError("telemetry.sample_ratio must be between 0 and 1")
+    if "headers" in table:
+        headers = table["headers"]
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(v, str) for v in headers.values()
+        ):
+            raise ConfigError("telemetry.headers must be a table of strings")
+        kwargs["headers"] = dict(headers)
+    return TelemetrySettings(**kwargs)
+
+
 def _provider_ttl(name: ProviderName, table: Mapping[str, Any]) -> float | None:
     if "ttl_seconds" not in table:
         return None
@@ -346,7 +381,7 @@ def _tenant(name: str, table: Mapping[str, Any]) -> TenantSettings:
 def parse_settings(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Settings:
     """Validate a parsed TOML document."""
     data = _resolve_env(dict(data), "config", os.environ if env is None else env)
-    _check_keys(data, {"server", "cache", "providers", "tenants"}, "config")
+    _check_keys(data, {"server", "cache", "providers", "tenants", "telemetry"}, "config")
     providers: dict[ProviderName, ProviderSettings] = {}
     ttls: dict[ProviderName, float] = {}
     known = {p.key: p for p in ProviderName}
@@ -386,6 +421,7 @@ def parse_settings(data: Mapping[str, Any], *, env: Mapping[str, str] | None = N
         providers=providers,
         provider_ttls=ttls,
         tenants=tuple(tenants),
+        telemetry=_telemetry(_table(data, "telemetry", "")),
     )
 
 

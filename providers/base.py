@@ -61,6 +61,8 @@ from providers.links import (
 from providers.memo import (
     CallKey,
     CallMemo,
+    ExchangeSpan,
+    ExchangeTracer,
     call_memo,
     mark_failure_retrieved,
 )
@@ -116,6 +118,8 @@ __all__ = [
     "Clock",
     "CredentialsError",
     "DeadlineExceeded",
+    "ExchangeSpan",
+    "ExchangeTracer",
     "InvalidCursor",
     "MonotonicClock",
     "OperationUnsupported",

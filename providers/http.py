@@ -326,26 +326,29 @@ class UpstreamHttp:
         deadline = request_deadline.get()
         breaker = self._breaker_for(args[1])
         try:
-            return await self._attempt(memo, breaker, deadline, key, args)
+            return await self._attempt(memo, breaker, deadline, key, args, 0)
         except UpstreamError as exc:
             if not idempotent or not self.settings.retries or not is_retryable(exc):
                 raise
             first = exc
+        resends = 0
 
         def on_retry(attempt: int, wait: float, error: BaseException) -> None:
+            nonlocal resends
+            resends = attempt - 1
             if memo is not None and isinstance(error, UpstreamError):
                 memo.record_retry(self.provider, attempt=attempt, wait=wait, error=error)
 
         return await retry_failed_call(
             first,
-            lambda: self._attempt(memo, breaker, deadline, key, args),
+            lambda: self._attempt(memo, breaker, deadline, key, args, resends),
             retries=self.settings.retries,
             backoff=self._backoff,
             clock=self._clock,
             deadline=deadline,
             max_wait=self.settings.timeout_seconds,
             may_retry=lambda: breaker.state is CircuitState.CLOSED,
-            on_retry=on_retry if memo is not None else None,
+            on_retry=on_retry,
         )
 
     async def _attempt(
@@ -355,10 +358,12 @@ class UpstreamHttp:
         deadline: float | None,
         key: str,
         args: _Args,
+        resends: int,
     ) -> UpstreamResponse:
         """One exchange inside the deadline, the breaker, pacing and a concurrency slot,
         reported to ``memo`` (successes and failures; a cancelled exchange is no finding about
-        the upstream and is not reported)."""
+        the upstream and is not reported) and to its tracer, if any; ``resends`` counts the
+        attempts before this one."""
         clock = self._clock
         now = clock.now()
         if deadline is not None and now >= deadline:
@@ -382,10 +387,17 @@ class UpstreamHttp:
                         raise DeadlineExceeded(self.provider)
                     if left < self.settings.timeout_seconds:
                         timeout = left
+                span = None
+                tracer = memo.tracer if memo is not None else None
+                if tracer is not None:
+                    span = tracer.start(self.provider, args[0], args[1], resends)
+                    args = (*args[:3], {**args[3], **span.headers}, *args[4:])
                 try:
                     response = await self._send(*args, timeout=timeout)
                 except UpstreamError as exc:
                     ended = clock.now()
+                    if span is not None:
+                        span.finish(exc.status, exc)
                     if memo is not None:
                         memo.record_call(
                             self.provider, seconds=ended - now, status=exc.status, error=exc
@@ -399,6 +411,12 @@ class UpstreamHttp:
                         breaker.failed(ticket, ended, f"HTTP {status}" if status else exc.code)
                         settled = True
                     raise
+                except BaseException:
+                    if span is not None:
+                        span.cancel()
+                    raise
+                if span is not None:
+                    span.finish(response.status, None)
             finally:
                 self._slots.release()
             if memo is not None:

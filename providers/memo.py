@@ -1,7 +1,10 @@
 """Per-request sharing of upstream reads: ``CallKey``, ``CallMemo`` and its contextvar.
 
 The gateway installs one ``CallMemo`` per GraphQL request; ``UpstreamHttp`` routes every GET
-through it and reports every real exchange to it. Subclasses add caching and coalescing.
+through it and reports every real exchange to it. Subclasses add caching and coalescing. A memo
+may also carry an ``ExchangeTracer``, which sees every exchange start and end (tracing spans,
+and the trace context headers sent upstream); providers know only this protocol, never the
+tracing library behind it.
 """
 
 from __future__ import annotations
@@ -9,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from providers.errors import UpstreamError
 from providers.records import ProviderName
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CallKey",
     "CallMemo",
+    "ExchangeSpan",
+    "ExchangeTracer",
     "call_memo",
     "mark_failure_retrieved",
 ]
@@ -47,6 +52,28 @@ class CallKey:
         return h.hexdigest()[:40]
 
 
+class ExchangeSpan(Protocol):
+    """One real HTTP exchange with an upstream, as a tracer follows it."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Headers to add to the exchange's request (W3C ``traceparent``, ``tracestate``)."""
+
+    def finish(self, status: int | None, error: UpstreamError | None) -> None:
+        """The exchange ended with ``status`` (None: no answer came) and ``error``, if any."""
+
+    def cancel(self) -> None:
+        """The exchange was abandoned (its caller was cancelled) before it ended."""
+
+
+class ExchangeTracer(Protocol):
+    def start(
+        self, provider: ProviderName, method: str, url: str, resend_count: int
+    ) -> ExchangeSpan:
+        """An exchange is about to be sent; ``resend_count`` is 0 on the first attempt and
+        counts the retries before this one."""
+
+
 class CallMemo:
     """Shares the result of identical upstream reads made while answering one GraphQL request.
 
@@ -60,10 +87,13 @@ class CallMemo:
     first: the gateway cancels resolvers it no longer needs (a page filled), and that caller's
     cancellation must not reach the other callers waiting for the same answer."""
 
-    __slots__ = ("_futures",)
+    __slots__ = ("_futures", "tracer")
 
     def __init__(self) -> None:
         self._futures: dict[CallKey, asyncio.Future[UpstreamResponse]] = {}
+        self.tracer: ExchangeTracer | None = None
+        """Follows every exchange made for this request; None (the default) costs one
+        attribute read per exchange."""
 
     async def load(
         self, key: CallKey, fetch: Callable[[], Awaitable[UpstreamResponse]]

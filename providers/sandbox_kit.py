@@ -39,9 +39,9 @@ prefix, as the sandbox's own routes do.
   default 10), so a test knows a request is in flight before it acts. ``GET /__sandbox/hung``
   does the same for ``hang`` (``{"hung": n}``).
 * ``GET /__sandbox/requests`` lists the newest upstream requests served (method, path, query,
-  and ``root_path`` when mounted; at most ``REQUEST_LOG_LIMIT``) and ``total``, how many were
-  served since the log was last cleared (benchmarks count past the bound); ``DELETE`` clears
-  both.
+  ``root_path`` when mounted, ``traceparent`` when one was sent; at most ``REQUEST_LOG_LIMIT``)
+  and ``total``, how many were served since the log was last cleared (benchmarks count past
+  the bound); ``DELETE`` clears both.
 
 Start-up faults (``orggraph sandbox --fault PROVIDER:SPEC``) come in ``SandboxOptions.faults``;
 ``parse_fault_spec`` reads that syntax. Data is generated from ``SandboxOptions.seed`` and
@@ -668,6 +668,9 @@ class _Control:
         root_path = scope["path"][: len(scope["path"]) - len(path)]  # the mount prefix, if any
         if root_path:
             entry["root_path"] = root_path
+        for name, value in scope["headers"]:
+            if name == b"traceparent":  # W3C trace context from the gateway, when it traces
+                entry["traceparent"] = value.decode("latin-1")
         self.state.requests.append(entry)
         self.state.requests_total += 1
         active = self.state.take_fault(path, scope["path"], scope.get("root_path", ""))
