@@ -44,6 +44,7 @@ from gateway.metrics import CONTENT_TYPE, GatewayMetrics, request_outcome
 from gateway.ratelimit import TenantRateLimiter, build_rate_limiter
 from gateway.schema import RequestContext, build_schema
 from gateway.settings import Settings
+from gateway.telemetry import Telemetry, build_telemetry
 from gateway.tenancy import TenantDirectory
 from gateway.transport import (
     GRAPHQL_RESPONSE_JSON,
@@ -84,6 +85,8 @@ class Runtime:
     cursors: CursorSigner
     rate_limiter: TenantRateLimiter
     metrics: GatewayMetrics
+    telemetry: Telemetry | None = None
+    """Tracing (``[telemetry]``); None when off, and then nothing of it runs."""
 
 
 def _cache_key_secret(settings: Settings) -> bytes:
@@ -101,7 +104,9 @@ def _cache_key_secret(settings: Settings) -> bytes:
     return digest.digest()
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings, *, telemetry: Telemetry | None = None) -> Runtime:
+    """Everything the app serves with; ``telemetry`` replaces the one ``[telemetry]`` builds
+    (the tests' in-memory exporter)."""
     server = settings.server
     upstreams = Upstreams(settings.providers)
     metrics = GatewayMetrics()
@@ -130,6 +135,7 @@ def build_runtime(settings: Settings) -> Runtime:
         cursors=CursorSigner(server.cursor_secret),
         rate_limiter=build_rate_limiter(settings.tenants, settings.cache),
         metrics=metrics,
+        telemetry=telemetry if telemetry is not None else build_telemetry(settings.telemetry),
     )
     runtime.cache.metrics = metrics
     return runtime
@@ -243,6 +249,25 @@ async def graphql_endpoint(request: Request) -> Response:
         )
     started = time.perf_counter()
     observed = _Observed()
+    telemetry = runtime.telemetry
+    if telemetry is None:
+        return await _answer_graphql(request, runtime, media_type, observed, started)
+    with telemetry.operation(request.headers) as span:
+        response = await _answer_graphql(request, runtime, media_type, observed, started)
+        span.finish(
+            operation_type=observed.operation_type,
+            operation_name=observed.operation_name,
+            tenant=observed.tenant,
+            outcome=observed.outcome,
+            status=response.status_code,
+            cache=response.headers.get("x-orggraph-cache"),
+        )
+        return response
+
+
+async def _answer_graphql(
+    request: Request, runtime: Runtime, media_type: str, observed: _Observed, started: float
+) -> Response:
     try:
         return await _serve_graphql(request, runtime, media_type, observed)
     except RequestRejected as exc:
@@ -263,6 +288,9 @@ class _Observed:
     operation_type: str = "unknown"
     outcome: str = "ok"
     tenant: str = ""
+    operation_name: str | None = None
+    """The operation's name (the document's, else as the client sent it): never a metric
+    label (unbounded), only a trace attribute or log field."""
 
 
 async def _serve_graphql(
@@ -290,6 +318,7 @@ async def _serve_graphql(
 
     params = await read_params(request, max_body_bytes=server.max_body_bytes)
     query, variables, operation_name = params.query, params.variables, params.operation_name
+    observed.operation_name = operation_name
     cache = runtime.cache
     executor = runtime.executor
     persisted = _persisted_query_hash(params.extensions)
@@ -344,9 +373,12 @@ async def _serve_graphql(
         )
     if register:
         await cache.persist_query(persisted or "", query)
-    operation = prepared.operation_type(operation_name)
-    if operation is not None:
-        observed.operation_type = operation.value
+    definition = prepared.operation(operation_name)
+    operation = definition.operation if definition is not None else None
+    if definition is not None:
+        observed.operation_type = definition.operation.value
+        if definition.name is not None:
+            observed.operation_name = definition.name.value
     if operation is None:
         raise RequestRejected(
             ErrorCode.BAD_USER_INPUT,
@@ -366,6 +398,8 @@ async def _serve_graphql(
         cache_key = None  # mutations are never stored
 
     scope = cache.scope(tenant.name)
+    if runtime.telemetry is not None:
+        scope.tracer = runtime.telemetry.upstream
     context = RequestContext(
         tenant=tenant, upstreams=runtime.upstreams, cursors=runtime.cursors, scope=scope
     )
@@ -526,8 +560,14 @@ class LoopbackHostOnly:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = None) -> Starlette:
-    """The gateway. ``settings=None`` means demo mode (sandboxes started in-process)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    demo: DemoOptions | None = None,
+    telemetry: Telemetry | None = None,
+) -> Starlette:
+    """The gateway. ``settings=None`` means demo mode (sandboxes started in-process);
+    ``telemetry`` traces into a span processor of the caller's instead of ``[telemetry]``'s."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -538,7 +578,9 @@ def create_app(settings: Settings | None = None, *, demo: DemoOptions | None = N
                 from gateway.demo import DemoOptions, running_demo
 
                 effective = await stack.enter_async_context(running_demo(demo or DemoOptions()))
-            runtime = build_runtime(effective)
+            runtime = build_runtime(effective, telemetry=telemetry)
+            if runtime.telemetry is not None:
+                stack.callback(runtime.telemetry.shutdown)  # flushes the spans still batched
             _tune_garbage_collector()
             collector = asyncio.create_task(_collect_periodically())
             stack.callback(collector.cancel)

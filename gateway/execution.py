@@ -28,6 +28,7 @@ from graphql import (
     GraphQLError,
     GraphQLSchema,
     NoSchemaIntrospectionCustomRule,
+    OperationDefinitionNode,
     OperationType,
     Token,
     TokenKind,
@@ -85,10 +86,14 @@ class PreparedOperation:
     estimates: dict[Hashable, int] = field(default_factory=dict, repr=False)
     """Estimates by (operation name, cost-variable values); at most ``_COST_KEYS_PER_DOCUMENT``."""
 
-    def operation_type(self, operation_name: str | None) -> OperationType | None:
+    def operation(self, operation_name: str | None) -> OperationDefinitionNode | None:
+        """The operation ``operation_name`` picks (or the only one); None when none does."""
         if self.document is None:
             return None
-        operation = get_operation_ast(self.document, operation_name)
+        return get_operation_ast(self.document, operation_name)
+
+    def operation_type(self, operation_name: str | None) -> OperationType | None:
+        operation = self.operation(operation_name)
         return operation.operation if operation is not None else None
 
 
