@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format schema sandbox clean redis-server bench chaos conformance-deps
+.PHONY: install run test lint format schema sandbox clean redis-server bench chaos conformance-deps compose-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,12 @@ bench: install redis-server
 # (bench/chaos.py); results go to bench/RESULTS.md. Not run by CI.
 chaos: install
 	$(BIN)/python bench/chaos.py
+
+# The docker-compose topology for real (three replicas, nginx, Redis, sandboxes): up, checked
+# through nginx (one replica's cached response served by another), down. Needs a running Docker
+# engine as root; images from Debian's packages by default (deploy/compose/). Not run by CI.
+compose-check: install
+	$(BIN)/python deploy/compose/check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
