@@ -6,6 +6,7 @@ and the Redis its cache points at. No cluster needed: schemas from kubernetes-va
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import tomllib
@@ -17,8 +18,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import all_versions, major_minor
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.settings import parse_settings
+from tests.conftest import MakeGateway
+from tests.support import http
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 K8S_VERSION = "1.36"  # a recent release whose schemas kubernetes-validate ships
@@ -288,3 +292,179 @@ def test_redis_is_a_cache_that_persists_nothing() -> None:
     image = REDIS_CONTAINER["image"]
     if not image.startswith("redis:"):  # only the official image's entrypoint disables it
         assert _flag(argv, "--protected-mode") == "no", shlex.join(argv)
+
+
+# deploy/grafana/orggraph.json: an importable dashboard whose every query names metrics a real
+# gateway serves on /metrics (so renaming a metric breaks this test, not the dashboard).
+
+GRAFANA = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "orggraph.json"
+DASHBOARD = json.loads(GRAFANA.read_text())
+QUERY_PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and"}
+PROMQL_WORDS |= {"or", "unless", "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects: what is left once strings, label
+    matchers, ranges, grouping clauses, function calls and keywords are taken out."""
+    rest = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)
+    rest = re.sub(r"\{[^{}]*\}|\[[^\[\]]*\]", " ", rest)
+    rest = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", rest)
+    names = re.findall(r"(?<![\w$.:])([A-Za-z_:][\w:]*)\b(?!\s*\()", rest)
+    return {n for n in names if n.lower() not in PROMQL_WORDS}
+
+
+def test_promql_metric_names() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (provider, le) (rate(a_bucket{job=~"$job", x="y{z}"}'
+        "[$__rate_interval]))) / on (provider) group_left sum without (tenant) (b_total offset"
+        " 5m) > bool 1e3"
+    )
+    assert promql_metric_names(expr) == {"a_bucket", "b_total"}
+    assert promql_metric_names("max by (provider) (orggraph_circuit_state)") == {
+        "orggraph_circuit_state"
+    }
+
+
+def _exposed_names(text: str) -> tuple[set[str], set[str]]:
+    """(every series name /metrics can carry, by each family's type; the sample names present)."""
+    exposed: set[str] = set()
+    present: set[str] = set()
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "summary": ("", "_count", "_sum", "_created"),
+    }
+    for family in text_string_to_metric_families(text):
+        exposed |= {family.name + s for s in suffixes.get(family.type, ("",))}
+        present |= {sample.name for sample in family.samples}
+    return exposed | present, present
+
+
+@pytest.fixture
+def gateway_metric_names(make_gateway: MakeGateway) -> tuple[set[str], set[str]]:
+    """The series names of a real gateway's /metrics after a miss, a cached repeat, a bad
+    query and an unauthenticated request."""
+    gateway = make_gateway(cache={"backend": "memory"})
+    query = "{ organizations(first: 3, providers: [PLANETSCALE]) { nodes { name } } }"
+    assert gateway.query(query).headers["x-orggraph-cache"] == "miss"
+    assert gateway.query(query).headers["x-orggraph-cache"] == "hit"
+    gateway.query("{ nope }")
+    gateway.query(query, tenant=None)
+    response = http.get(gateway.url + "/metrics")
+    assert response.status_code == 200
+    return _exposed_names(response.text)
+
+
+def test_dashboard_is_importable_grafana_json() -> None:
+    assert DASHBOARD["schemaVersion"] >= 36
+    assert DASHBOARD["uid"] and DASHBOARD["title"] and DASHBOARD["id"] is None
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in DASHBOARD["panels"]]
+    assert all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids), ids
+    cells: set[tuple[int, int]] = set()
+    for panel in DASHBOARD["panels"]:
+        grid = panel["gridPos"]
+        assert {"h", "w", "x", "y"} <= set(grid) and all(isinstance(v, int) for v in grid.values())
+        assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        columns = range(grid["x"], grid["x"] + grid["w"])
+        mine = {(x, y) for x in columns for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert not cells & mine, f"{panel['title']} overlaps another panel"
+        cells |= mine
+    for panel in QUERY_PANELS:
+        assert panel["title"] and panel["datasource"] == DATASOURCE, panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(set(refs)) == len(refs), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE and target["expr"].strip(), panel["title"]
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+
+
+def test_dashboard_charts_every_gateway_metric() -> None:
+    used = {n for p in QUERY_PANELS for t in p["targets"] for n in promql_metric_names(t["expr"])}
+    wanted = {
+        "orggraph_requests_total",
+        "orggraph_request_duration_seconds_bucket",
+        "orggraph_upstream_requests_total",
+        "orggraph_upstream_request_duration_seconds_bucket",
+        "orggraph_upstream_retries_total",
+        "orggraph_circuit_state",
+        "orggraph_cache_requests_total",
+        "orggraph_coalesced_calls_total",
+        "orggraph_rate_limited_total",
+    }
+    assert wanted <= used, wanted - used
+    (circuit,) = [p for p in QUERY_PANELS if "orggraph_circuit_state" in str(p["targets"])]
+    assert circuit["type"] in {"state-timeline", "stat"}
+    (mapping,) = circuit["fieldConfig"]["defaults"]["mappings"]
+    assert {k: v["text"] for k, v in mapping["options"].items()} == {
+        "0": "closed",
+        "1": "half-open",
+        "2": "open",
+    }
+
+
+def test_every_dashboard_query_uses_metrics_the_gateway_serves(
+    gateway_metric_names: tuple[set[str], set[str]],
+) -> None:
+    exposed, present = gateway_metric_names
+    # The per-type names are the ones prometheus_client really serves, suffixes included.
+    assert {
+        "orggraph_requests_total",
+        "orggraph_request_duration_seconds_bucket",
+        "orggraph_request_duration_seconds_count",
+        "orggraph_request_duration_seconds_sum",
+        "orggraph_upstream_request_duration_seconds_bucket",
+        "orggraph_circuit_state",
+    } <= present
+    for panel in QUERY_PANELS:
+        for target in panel["targets"]:
+            names = promql_metric_names(target["expr"])
+            assert names, target["expr"]
+            assert names <= exposed, f"{panel['title']}: {names - exposed} not on /metrics"
+    for variable in DASHBOARD["templating"]["list"]:
+        if variable["type"] == "query":
+            found = re.fullmatch(r"label_values\((\w+)(\{.*\})?, *\w+\)", variable["definition"])
+            assert found and found.group(1) in exposed, variable["definition"]
+
+
+# docker-compose.yml with deploy/compose/offline.yml (Debian-built images) and check.yml
+# (`make compose-check`): the pieces that only a real engine would otherwise catch.
+
+ROOT = GRAFANA.parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+OFFLINE = yaml.safe_load((ROOT / "deploy" / "compose" / "offline.yml").read_text())
+CHECK = yaml.safe_load((ROOT / "deploy" / "compose" / "check.yml").read_text())
+
+
+def test_offline_override_runs_every_service_from_local_images() -> None:
+    assert set(OFFLINE["services"]) == set(COMPOSE["services"])
+    for name, service in OFFLINE["services"].items():
+        base = COMPOSE["services"][name]
+        if "build" in base:
+            assert service["build"]["args"]["BASE_IMAGE"].endswith(":-orggraph-base:bookworm}")
+        else:
+            assert service["image"].endswith(":-orggraph-base:bookworm}"), name
+    redis = OFFLINE["services"]["redis"]["command"]
+    assert redis[0] == "redis-server" and _flag(redis, "--protected-mode") == "no"
+    assert _flag(redis, "--save") == "" and _flag(redis, "--appendonly") == "no"
+    assert OFFLINE["services"]["lb"]["command"] == ["nginx", "-g", "daemon off;"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim\n" in dockerfile
+    assert dockerfile.count("FROM ${BASE_IMAGE}") == 2
+
+
+def test_nginx_starts_after_every_replica_is_ready_and_check_names_the_replica() -> None:
+    gateway = COMPOSE["services"]["gateway"]
+    assert gateway["deploy"]["replicas"] == 3
+    assert "/readyz" in " ".join(gateway["healthcheck"]["test"])
+    assert COMPOSE["services"]["lb"]["depends_on"]["gateway"]["condition"] == "service_healthy"
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "include /etc/nginx/orggraph.d/*.conf;" in nginx
+    (mount,) = CHECK["services"]["lb"]["volumes"]
+    source, target, _ = mount.split(":")
+    assert target.startswith("/etc/nginx/orggraph.d/") and target.endswith(".conf")
+    assert "$upstream_addr" in (ROOT / source).read_text()
