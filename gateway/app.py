@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 from graphql import ExecutionResult, GraphQLError, OperationType
@@ -36,10 +37,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.cache import CacheLayer, build_cache, request_key
+from gateway.cache import CacheLayer, RequestScope, build_cache, request_key
 from gateway.errors import ErrorCode, GatewayError, format_error
 from gateway.execution import Executor
 from gateway.ids import CursorSigner
+from gateway.logs import (
+    ACCESS_LOGGER,
+    RequestIdMiddleware,
+    clean_operation_name,
+    log_fields,
+    register_secrets,
+    request_id,
+    secret_forms,
+)
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, request_outcome
 from gateway.ratelimit import TenantRateLimiter, build_rate_limiter
 from gateway.schema import RequestContext, build_schema
@@ -60,7 +70,7 @@ from providers.base import call_memo, request_deadline, set_request_deadline
 if TYPE_CHECKING:
     from gateway.demo import DemoOptions
 
-__all__ = ["Runtime", "create_app"]
+__all__ = ["Runtime", "create_app", "create_metrics_app", "settings_secrets"]
 
 logger = logging.getLogger("orggraph.app")
 
@@ -227,6 +237,26 @@ def _cache_headers(max_age: float) -> dict[str, str]:
 
 
 async def graphql_endpoint(request: Request) -> Response:
+    started = time.perf_counter()
+    observed = _Observed()
+    status = 500
+    try:
+        response = await _graphql(request, observed, started)
+        status = response.status_code
+        return response
+    except Exception:
+        observed.outcome = ErrorCode.INTERNAL.value  # internal_error answers it
+        raise
+    except BaseException:
+        status = 499  # cancelled: the client went away before its answer
+        raise
+    finally:
+        # One line per request, whatever became of it; no record is built when it is off.
+        if _access_log.isEnabledFor(logging.INFO):
+            _log_access(request, observed, status, time.perf_counter() - started)
+
+
+async def _graphql(request: Request, observed: _Observed, started: float) -> Response:
     runtime: Runtime = request.app.state.runtime
     if (
         request.method == "GET"
@@ -236,10 +266,12 @@ async def graphql_endpoint(request: Request) -> Response:
     ):
         if runtime.settings.server.graphiql:
             return _graphiql_page(request.url.path)
+        observed.outcome = ErrorCode.NOT_FOUND.value
         return _reject(RequestRejected(ErrorCode.NOT_FOUND, "GraphiQL is disabled", 404))
 
     media_type = negotiate(request.headers.get("accept"))
     if media_type == NOT_ACCEPTABLE:
+        observed.outcome = ErrorCode.BAD_USER_INPUT.value
         return _reject(
             RequestRejected(
                 ErrorCode.BAD_USER_INPUT,
@@ -247,8 +279,6 @@ async def graphql_endpoint(request: Request) -> Response:
                 406,
             )
         )
-    started = time.perf_counter()
-    observed = _Observed()
     telemetry = runtime.telemetry
     if telemetry is None:
         return await _answer_graphql(request, runtime, media_type, observed, started)
@@ -275,6 +305,9 @@ async def _answer_graphql(
         if exc.code is ErrorCode.RATE_LIMITED:
             runtime.metrics.rate_limit(observed.tenant)
         return _reject(exc, media_type)
+    except Exception:
+        observed.outcome = ErrorCode.INTERNAL.value  # a bug: internal_error answers it
+        raise
     finally:
         runtime.metrics.request(
             observed.operation_type, observed.outcome, time.perf_counter() - started
@@ -283,7 +316,8 @@ async def _answer_graphql(
 
 @dataclass(slots=True)
 class _Observed:
-    """What the metrics say of one /graphql request (bounded values only)."""
+    """What the metrics (bounded values only), the trace and the access line say of one
+    /graphql request."""
 
     operation_type: str = "unknown"
     outcome: str = "ok"
@@ -291,6 +325,50 @@ class _Observed:
     operation_name: str | None = None
     """The operation's name (the document's, else as the client sent it): never a metric
     label (unbounded), only a trace attribute or log field."""
+    response_cache: str = "none"
+    """The whole-response cache's answer: hit, miss, or none (not asked)."""
+    scope: RequestScope | None = None
+    """The request's upstream scope, once execution is under way (its calls, its cache)."""
+
+
+_access_log = logging.getLogger(ACCESS_LOGGER)
+_NO_UPSTREAM_CACHE: dict[str, int] = {"hit": 0, "miss": 0, "stale": 0}  # never mutated
+
+
+def _log_access(request: Request, observed: _Observed, status: int, seconds: float) -> None:
+    """The access line (``orggraph.access``; README, "Logs"). Built from the gateway's own
+    bounded values, the client's request id and operation name (sanitised; a client can
+    only put there what it already has) and upstream error texts (redacted here, and at
+    their source), so the formatter need not search it whole for secrets."""
+    scope = observed.scope
+    if scope is None:
+        upstream: list[dict[str, Any]] = []
+        dropped = 0
+        layer = _NO_UPSTREAM_CACHE
+    else:
+        upstream, dropped = scope.logged_calls()
+        layer = {"hit": scope.hits, "miss": scope.misses, "stale": scope.stale}
+    method = request.method
+    log_fields(
+        _access_log,
+        logging.INFO,
+        "%s %s %d %s",
+        (method, request.scope["path"], status, observed.outcome),
+        {
+            "request_id": request_id.get(),
+            "method": method,
+            "tenant": observed.tenant or None,
+            "operation_type": observed.operation_type,
+            "operation_name": clean_operation_name(observed.operation_name),
+            "status": status,
+            "outcome": observed.outcome,
+            "duration_ms": round(seconds * 1000, 3),
+            "cache": {"response": observed.response_cache, "upstream": layer},
+            "upstream": upstream,
+            "upstream_dropped": dropped,
+        },
+        scrubbed=True,
+    )
 
 
 async def _serve_graphql(
@@ -351,7 +429,8 @@ async def _serve_graphql(
     if cache.response_cache_enabled and not want_cost and not register:
         cache_key = request_key(tenant.name, query, operation_name, variables)
         hit = await cache.get_response(cache_key)
-        metrics.cache("response", "miss" if hit is None else "hit")
+        observed.response_cache = "miss" if hit is None else "hit"
+        metrics.cache("response", observed.response_cache)
         if hit is not None:
             observed.operation_type = "query"
             body, fresh_for = hit
@@ -397,7 +476,7 @@ async def _serve_graphql(
     if operation is not OperationType.QUERY:
         cache_key = None  # mutations are never stored
 
-    scope = cache.scope(tenant.name)
+    scope = observed.scope = cache.scope(tenant.name)
     if runtime.telemetry is not None:
         scope.tracer = runtime.telemetry.upstream
     context = RequestContext(
@@ -474,6 +553,8 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     """Last resort for a bug outside any resolver: a GraphQL-shaped answer, never a bare 500
     or a stack trace; the details go to the log."""
     logger.error("unhandled error serving %s", request.url.path, exc_info=exc)
+    # Logged (with the request id): RequestIdMiddleware keeps the server from logging it again.
+    request.scope["orggraph.error_logged"] = True
     return _reject(RequestRejected(ErrorCode.INTERNAL, "Internal error", 500))
 
 
@@ -560,6 +641,55 @@ class LoopbackHostOnly:
         await self.app(scope, receive, send)
 
 
+class _GatewayApp(Starlette):
+    """Starlette with ``RequestIdMiddleware`` outside its whole stack: user middleware sits
+    inside Starlette's error handling, and a 500 answer needs the request id too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack())
+
+
+def settings_secrets(settings: Settings) -> set[str]:
+    """Every secret the config holds, in the forms it could take in a log line: each
+    tenant's credentials (and their Basic-auth base64 forms), the cursor secret, the Redis
+    password, the telemetry exporter's header values."""
+    found: set[str] = set()
+    for tenant in settings.tenants:
+        for credentials in tenant.credentials.values():
+            found |= secret_forms(credentials.secrets())
+    if settings.server.cursor_secret:
+        found.add(settings.server.cursor_secret)
+    if settings.cache.url:
+        with contextlib.suppress(ValueError):
+            password = urlsplit(settings.cache.url).password
+            if password:
+                found |= secret_forms([password])
+    headers = getattr(getattr(settings, "telemetry", None), "headers", None) or {}
+    for value in headers.values():
+        found.update([str(value), *str(value).split()])  # "Bearer <token>": the token alone
+    return found
+
+
+def create_metrics_app(api: Starlette) -> Starlette:
+    """``GET /metrics`` alone, with the figures of ``api`` (the gateway app, in this process):
+    what ``[server] metrics_port`` serves when there is one worker."""
+
+    async def metrics(request: Request) -> Response:
+        runtime: Runtime | None = getattr(api.state, "runtime", None)
+        if runtime is None:
+            return _not_ready("starting")
+        return Response(
+            runtime.metrics.exposition(),
+            media_type=CONTENT_TYPE,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return Starlette(
+        routes=[Route("/metrics", metrics, methods=["GET", "HEAD"])],
+        exception_handlers={HTTPException: http_error},
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -578,6 +708,7 @@ def create_app(
                 from gateway.demo import DemoOptions, running_demo
 
                 effective = await stack.enter_async_context(running_demo(demo or DemoOptions()))
+                register_secrets(settings_secrets(effective))
             runtime = build_runtime(effective, telemetry=telemetry)
             if runtime.telemetry is not None:
                 stack.callback(runtime.telemetry.shutdown)  # flushes the spans still batched
@@ -589,6 +720,8 @@ def create_app(
             app.state.runtime = runtime
             yield
 
+    if settings is not None:
+        register_secrets(settings_secrets(settings))
     middleware: list[Middleware] = []
     if settings is None or settings.demo:
         middleware.append(Middleware(LoopbackHostOnly))
@@ -600,20 +733,21 @@ def create_app(
                 allow_origins=list(origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
-                expose_headers=["X-OrgGraph-Cache", "Retry-After"],
+                expose_headers=["X-OrgGraph-Cache", "Retry-After", "X-Request-Id"],
                 max_age=600,
             )
         )
-    return Starlette(
+    # With metrics_port, /metrics is served on that port only (create_metrics_app).
+    serve_metrics = settings is None or (
+        settings.server.metrics and settings.server.metrics_port is None
+    )
+    metrics_routes = [Route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])]
+    return _GatewayApp(
         routes=[
             Route("/graphql", graphql_endpoint, methods=["GET", "HEAD", "POST"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
-            *(
-                [Route("/metrics", metrics_endpoint, methods=["GET", "HEAD"])]
-                if settings is None or settings.server.metrics
-                else []
-            ),
+            *(metrics_routes if serve_metrics else []),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=middleware,

@@ -35,6 +35,7 @@ import orjson
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import BaseSerializer, NullSerializer
 
+from gateway.logs import redact
 from gateway.settings import CacheSettings
 
 if TYPE_CHECKING:
@@ -52,7 +53,14 @@ from providers.base import (
     mark_failure_retrieved,
 )
 
-__all__ = ["CacheLayer", "CallObserver", "RequestScope", "StaleRead", "build_cache"]
+__all__ = [
+    "MAX_LOGGED_CALLS",
+    "CacheLayer",
+    "CallObserver",
+    "RequestScope",
+    "StaleRead",
+    "build_cache",
+]
 
 logger = logging.getLogger("orggraph.cache")
 
@@ -483,8 +491,28 @@ class _Used:
     uncacheable: bool = False
 
 
+MAX_LOGGED_CALLS = 100
+"""Upstream exchanges one access line lists; past it they are only counted
+(``upstream_dropped``): ``max_upstream_calls`` bounds them anyway, but it can be raised."""
+
+_Exchange = tuple[ProviderName, int | None, float, UpstreamError | None, int]
+"""provider, status, seconds, error, retries before it: as recorded, formatted only when the
+access line is written."""
+
+
 class RequestScope(CallMemo):
-    __slots__ = ("_generation_tasks", "layer", "tenant", "used")
+    __slots__ = (
+        "_generation_tasks",
+        "_retries",
+        "calls",
+        "calls_dropped",
+        "hits",
+        "layer",
+        "misses",
+        "stale",
+        "tenant",
+        "used",
+    )
 
     def __init__(self, layer: CacheLayer, tenant: str) -> None:
         super().__init__()
@@ -492,6 +520,17 @@ class RequestScope(CallMemo):
         self.tenant = tenant
         self.used = _Used()
         self._generation_tasks: dict[tuple[ProviderName, str], asyncio.Task[list[int]]] = {}
+        self.calls: list[_Exchange] = []
+        """The real exchanges with upstreams, for the access line (at most MAX_LOGGED_CALLS)."""
+        self.calls_dropped = 0
+        # Upstream-layer cache lookups of this request, for the access line.
+        self.hits = 0
+        self.misses = 0
+        self.stale = 0
+        # A call's retries run in the task of its first attempt (UpstreamHttp._call), and one
+        # task makes one call at a time: what record_retry saw, by task, tells record_call
+        # which retry its exchange was. None until a retry happens (the common case: none).
+        self._retries: dict[asyncio.Task[Any], int] | None = None
 
     def record_call(
         self,
@@ -506,12 +545,44 @@ class RequestScope(CallMemo):
             layer.observer(self.tenant, provider, seconds, error)
         if layer.metrics is not None:
             layer.metrics.upstream_call(provider, seconds, "ok" if error is None else error.code)
+        retries = 0
+        if self._retries:
+            task = asyncio.current_task()
+            if task is not None:
+                retries = self._retries.pop(task, 0)
+        if len(self.calls) < MAX_LOGGED_CALLS:
+            self.calls.append((provider, status, seconds, error, retries))
+        else:
+            self.calls_dropped += 1
 
     def record_retry(
         self, provider: ProviderName, *, attempt: int, wait: float, error: UpstreamError
     ) -> None:
         if self.layer.metrics is not None:
             self.layer.metrics.retry(provider)
+        task = asyncio.current_task()
+        if task is not None:
+            if self._retries is None:
+                self._retries = {}
+            self._retries[task] = attempt - 1
+
+    def logged_calls(self) -> tuple[list[dict[str, Any]], int]:
+        """The exchanges for the access line, and how many more there were."""
+        out: list[dict[str, Any]] = []
+        for provider, status, seconds, error, retries in self.calls:
+            entry: dict[str, Any] = {
+                "provider": provider.value,
+                "status": status,
+                "ms": round(seconds * 1000, 3),
+                "retries": retries,
+                "outcome": "ok" if error is None else error.code,
+            }
+            if error is not None:
+                # Upstream text, redacted at its source (providers.http); again here, as the
+                # access line is not searched whole.
+                entry["error"] = redact(error.message)[:300]
+            out.append(entry)
+        return out, self.calls_dropped
 
     async def _generation(self, provider: ProviderName, credentials: str) -> int:
         pair = (provider, credentials)
@@ -573,9 +644,11 @@ class RequestScope(CallMemo):
             age = max(0.0, time.time() - float(found["at"]))
             if age < ttl:
                 self.used.fresh_for = min(self.used.fresh_for, ttl - age)
+                self.hits += 1
                 if layer.metrics is not None:
                     layer.metrics.cache("upstream", "hit")
                 return _unpack(found)
+        self.misses += 1
         if layer.metrics is not None:
             layer.metrics.cache("upstream", "miss")
 
@@ -590,6 +663,7 @@ class RequestScope(CallMemo):
             response = await layer.coalesce(cache_key, fetch_and_store, key.provider)
         except _STALE_ON:
             if entry is not None and age < ttl + layer.settings.stale_seconds:
+                self.stale += 1
                 if layer.metrics is not None:
                     layer.metrics.cache("upstream", "stale")
                 self.used.stale[key.provider] = max(self.used.stale.get(key.provider, 0.0), age)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import logging.config
 import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from gateway.logs import LOG_FORMATS, LOG_LEVELS, default_log_format, logging_config
 from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import ConfigError, Settings, load_settings
 from providers.base import ProviderName, load_sandbox_module
@@ -36,23 +40,49 @@ def app_from_env() -> Any:
     return create_app(load_settings(os.environ[CONFIG_ENV]))
 
 
+_log = logging.getLogger("orggraph.cli")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.demo import DemoOptions
     from providers.sandbox_kit import SandboxOptions
 
     config_path = args.config or os.environ.get(CONFIG_ENV)
-    log_level = "info" if args.verbose else "warning"
+    settings: Settings | None = None
     if config_path:
         try:
-            settings: Settings = load_settings(config_path)
+            settings = load_settings(config_path)
         except ConfigError as exc:
             print(f"orggraph: config error: {exc}", file=sys.stderr)
             return 2
+    log_format = (
+        args.log_format
+        or (settings.server.log_format if settings is not None else None)
+        or default_log_format()
+    )
+    # One config for this process, uvicorn's loggers and (through uvicorn) every worker.
+    log_config = logging_config(log_format, "debug" if args.verbose else args.log_level)
+    logging.config.dictConfig(log_config)
+    # uvicorn's access log stays off: the gateway writes its own line per request.
+    serving: dict[str, Any] = {"log_config": log_config, "log_level": None, "access_log": False}
+
+    if settings is not None:
+        assert config_path is not None
         host = args.host or settings.server.host
         port = args.port if args.port is not None else settings.server.port
         workers = args.workers or settings.server.workers
-        print(f"OrgGraph on http://{host}:{port}/graphql ({len(settings.tenants)} tenant(s))")
+        metrics_port = settings.server.metrics_port
+        if metrics_port is not None and metrics_port == port:
+            print(f"orggraph: metrics_port {metrics_port} is the API's port", file=sys.stderr)
+            return 2
+        _log.info(
+            "OrgGraph on http://%s:%d/graphql (%d tenant(s))%s",
+            _url_host(host, wildcard_ok=True),
+            port,
+            len(settings.tenants),
+            f", metrics on port {metrics_port}" if metrics_port is not None else "",
+        )
         if workers > 1:
             os.environ[CONFIG_ENV] = os.path.abspath(config_path)
             # Workers import prometheus_client after this, so they count in shared files.
@@ -60,26 +90,33 @@ def _serve(args: argparse.Namespace) -> int:
             if own_dir:
                 os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="orggraph-metrics-")
             try:
-                uvicorn.run(
-                    "gateway.cli:app_from_env",
-                    factory=True,
-                    host=host,
-                    port=port,
-                    workers=workers,
-                    log_level=log_level,
-                    access_log=args.verbose,
-                )
+                summed = None
+                if metrics_port is not None:
+                    summed = _summed_metrics_server(host, metrics_port)
+                    if summed is None:
+                        return 1
+                try:
+                    uvicorn.run(
+                        "gateway.cli:app_from_env",
+                        factory=True,
+                        host=host,
+                        port=port,
+                        workers=workers,
+                        **serving,
+                    )
+                finally:
+                    if summed is not None:
+                        summed.shutdown()
+                        summed.server_close()
             finally:
                 if own_dir:
                     shutil.rmtree(os.environ.pop(MULTIPROC_ENV), ignore_errors=True)
-        else:
-            uvicorn.run(
-                create_app(settings),
-                host=host,
-                port=port,
-                log_level=log_level,
-                access_log=args.verbose,
+        elif metrics_port is not None:
+            return _serve_with_metrics_port(
+                create_app(settings), host=host, port=port, metrics_port=metrics_port, **serving
             )
+        else:
+            uvicorn.run(create_app(settings), host=host, port=port, **serving)
         return 0
 
     host = args.host or "127.0.0.1"
@@ -93,20 +130,82 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     options = DemoOptions(sandbox=SandboxOptions(orgs=args.orgs, seed=args.seed), host="127.0.0.1")
-    print(
-        "OrgGraph DEMO MODE: no config given, so the five provider sandboxes run in-process on\n"
-        "loopback with generated data, and requests need no API key (an open 'demo' tenant).\n"
-        "Never expose demo mode; pass --config FILE (or set ORGGRAPH_CONFIG) for real use.\n"
-        f"GraphiQL: http://{_url_host(host)}:{port}/graphql"
+    _log.warning(
+        "OrgGraph DEMO MODE: no config given, so the five provider sandboxes run in-process on "
+        "loopback with generated data, and requests need no API key (an open 'demo' tenant). "
+        "Never expose demo mode; pass --config FILE (or set ORGGRAPH_CONFIG) for real use. "
+        "GraphiQL: http://%s:%d/graphql",
+        _url_host(host),
+        port,
     )
-    uvicorn.run(
-        create_app(None, demo=options),
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=args.verbose,
-    )
+    uvicorn.run(create_app(None, demo=options), host=host, port=port, **serving)
     return 0
+
+
+class _SideServer(uvicorn.Server):
+    """A second server in the main one's loop; signals are the main server's to handle."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    name = host.strip("[]")
+    family = socket.AF_INET6 if ":" in name else socket.AF_INET
+    return socket.create_server((name, port), family=family)
+
+
+def _serve_with_metrics_port(
+    app: Any, *, host: str, port: int, metrics_port: int, **serving: Any
+) -> int:
+    """One worker: the API and ``/metrics`` on two uvicorn servers in one event loop, so the
+    metrics are this process's own registry, read on the loop that writes it."""
+    from gateway.app import create_metrics_app
+
+    try:
+        sock = _listen(host, metrics_port)
+    except OSError as exc:
+        _log.error("cannot serve metrics on %s:%d: %s", host, metrics_port, exc.strerror or exc)
+        return 1
+    api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **serving))
+    side = _SideServer(
+        uvicorn.Config(create_metrics_app(app), log_config=None, access_log=False, lifespan="off")
+    )
+
+    async def serve_both() -> None:
+        metrics = asyncio.create_task(side.serve(sockets=[sock]))
+        try:
+            await api.serve()
+        finally:
+            side.should_exit = True
+            await metrics
+
+    try:
+        with asyncio.Runner(loop_factory=api.config.get_loop_factory()) as runner:
+            runner.run(serve_both())
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the SIGINT it shut down on, as uvicorn.run expects
+    finally:
+        sock.close()
+    return 0 if api.started else 3
+
+
+def _summed_metrics_server(host: str, port: int) -> Any | None:
+    """Several workers: this (parent) process serves ``/metrics`` summed over the workers'
+    shared multiprocess files, from a thread of prometheus_client's; None when it cannot
+    listen there."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=os.environ[MULTIPROC_ENV])
+    try:
+        server, _thread = start_http_server(port, addr=host.strip("[]"), registry=registry)
+    except OSError as exc:
+        _log.error("cannot serve metrics on %s:%d: %s", host, port, exc.strerror or exc)
+        return None
+    return server
 
 
 def _is_loopback(host: str) -> bool:
@@ -118,12 +217,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _url_host(host: str) -> str:
+def _url_host(host: str, *, wildcard_ok: bool = False) -> str:
     """Where a browser on this machine reaches a server bound to ``host``: demo mode answers
-    only loopback names, and a wildcard address is no place to browse to."""
-    if host in ("0.0.0.0", "::", "[::]") or not _is_loopback(host):
+    only loopback names, and a wildcard address is no place to browse to. ``wildcard_ok``:
+    any name is fine (a configured server), only a wildcard becomes loopback."""
+    if host in ("0.0.0.0", "::", "[::]") or not (wildcard_ok or _is_loopback(host)):
         return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _key_new(args: argparse.Namespace) -> int:
@@ -251,7 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default: [server] workers)")
     serve.add_argument("--orgs", type=int, default=8, help="demo mode: organizations per sandbox")
     serve.add_argument("--seed", type=int, default=42, help="demo mode: data seed")
-    serve.add_argument("-v", "--verbose", action="store_true", help="info logs and access log")
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="json lines or text (default: [server] log_format, else text on a terminal, "
+        "json otherwise)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="info (default) includes one access line per GraphQL request",
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
     serve.add_argument(
         "--demo",
         action="store_true",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +36,18 @@ class DemoOptions:
     sandbox: SandboxOptions = field(default_factory=SandboxOptions)
     account: str = "acme"
     host: str = "127.0.0.1"
+
+
+_embedded: contextvars.ContextVar[bool] = contextvars.ContextVar("embedded_server", default=False)
+
+
+def _not_embedded_chatter(record: logging.LogRecord) -> bool:
+    """uvicorn logs "Started server process", "Shutting down"... for every server on one
+    logger: below warning, only the main server's reach the log, not the five sandboxes'."""
+    return record.levelno >= logging.WARNING or not _embedded.get()
+
+
+logging.getLogger("uvicorn.error").addFilter(_not_embedded_chatter)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -69,10 +83,17 @@ async def running_sandboxes(
             app = load_sandbox_module(provider).create_app(options=options)
             apps.append(app)
             sock = _bind(host, (ports or {}).get(provider, 0))
+            # log_config/log_level None: logging is the process's (gateway.logs); uvicorn's
+            # defaults would reconfigure its loggers, which the main server shares.
             server = _EmbeddedServer(
-                uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+                uvicorn.Config(
+                    app, log_config=None, log_level=None, access_log=False, lifespan="off"
+                )
             )
+            # The task's context carries the flag: its start/stop chatter stays out of the log.
+            flag = _embedded.set(True)
             task = asyncio.create_task(server.serve(sockets=[sock]))
+            _embedded.reset(flag)
             servers.append((server, task, sock))
             urls[provider] = f"http://{host}:{sock.getsockname()[1]}"
         for server, task, _ in servers:

@@ -50,6 +50,11 @@ class ServerSettings:
     graphiql: bool = True
     metrics: bool = True
     """Serve Prometheus metrics at GET /metrics."""
+    metrics_port: int | None = None
+    """Serve /metrics on this port (same host) instead of the API's, which then answers 404
+    there: a scrape port that need not be exposed with the API."""
+    log_format: str | None = None
+    """``json`` (JSON lines) or ``text``; None: text when stderr is a terminal, else JSON."""
     introspection: bool = True
     """Also governs "Did you mean …" suggestions, which would reveal the schema piecemeal."""
     max_depth: int = 12
@@ -156,6 +161,8 @@ _SERVER_KEYS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("workers", int),
     ("graphiql", bool),
     ("metrics", bool),
+    ("metrics_port", int),
+    ("log_format", str),
     ("introspection", bool),
     ("max_depth", int),
     ("max_tokens", int),
@@ -194,6 +201,15 @@ def _server(table: Mapping[str, Any]) -> ServerSettings:
         raise ConfigError("server.port must be between 0 and 65535")
     if settings.workers < 1:
         raise ConfigError("server.workers must be at least 1")
+    if settings.log_format is not None and settings.log_format not in ("json", "text"):
+        raise ConfigError('server.log_format must be "json" or "text"')
+    if settings.metrics_port is not None:
+        if not 1 <= settings.metrics_port <= 65535:
+            raise ConfigError("server.metrics_port must be between 1 and 65535")
+        if settings.metrics_port == settings.port:
+            raise ConfigError("server.metrics_port must differ from server.port")
+        if not settings.metrics:
+            raise ConfigError("server.metrics_port needs server.metrics = true")
     if settings.max_depth < 2 or settings.max_tokens < 10:
         raise ConfigError("server.max_depth must be >= 2 and server.max_tokens >= 10")
     for key in ("max_aliases", "max_selections", "max_upstream_calls"):
