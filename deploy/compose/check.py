@@ -133,6 +133,9 @@ def build_wheels() -> None:
             host = None
     if not host:
         env = [f"-e{k}" for k in os.environ if k.startswith("PIP_")]
+        for key in ("PIP_CERT", "PIP_CLIENT_CERT"):  # the host's CA bundle (a TLS proxy's CA)
+            if os.path.isfile(os.environ.get(key, "")):
+                env += ["-v", f"{os.environ[key]}:{os.environ[key]}:ro"]
         script = "python3 -m venv /tmp/venv && /tmp/venv/bin/" + shlex.join(
             [*pip_wheel, "--wheel-dir", "/wheels", *wanted]
         )
@@ -141,7 +144,7 @@ def build_wheels() -> None:
              "-v", f"{WHEELS}:/wheels", BASE_IMAGE, "sh", "-c", script],
             timeout=900,
         )  # fmt: skip
-        how = f"in a {BASE_IMAGE} container (Python {target})"
+        how = f"in a container of {BASE_IMAGE} (Python {target})"
     say(f"{len(list(WHEELS.glob('*.whl')))} wheels in {WHEELS.relative_to(ROOT)}, built {how}")
 
 
