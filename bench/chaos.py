@@ -326,7 +326,8 @@ def main() -> int:
         )
         port = free_port()
         with process(
-            [str(BIN / "orggraph"), "serve", "--config", str(config), "--port", str(port)]
+            [str(BIN / "orggraph"), "serve", "--config", str(config), "--port", str(port)],
+            output=config.with_suffix(".log"),
         ) as gateway:
             url = f"http://127.0.0.1:{port}/graphql"
             wait_http(f"http://127.0.0.1:{port}/healthz")

@@ -64,13 +64,21 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 
 @contextmanager
 def process(
-    args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    output: Path | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
+    """``args`` running for the block; its output on ``proc.stdout`` (a pipe), or in the file
+    ``output``: a gateway writes an access line per request, and a pipe nobody reads fills
+    and blocks it."""
+    log = open(output, "w") if output is not None else None  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         args,
         cwd=cwd,
         env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
+        stdout=log if log is not None else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
@@ -83,6 +91,8 @@ def process(
             proc.wait(timeout=15)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
+        if log is not None:
+            log.close()
 
 
 def rss_mib(pid: int) -> float:
@@ -236,7 +246,8 @@ def sandboxes(orgs: int) -> Iterator[Sandboxes]:
 def gateway(config: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     with process(
-        [str(BIN / "orggraph"), "serve", "--config", str(config), "--port", str(port)]
+        [str(BIN / "orggraph"), "serve", "--config", str(config), "--port", str(port)],
+        output=config.with_suffix(".log"),  # its access log, as a deployment writes one
     ) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/healthz")
