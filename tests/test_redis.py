@@ -7,70 +7,25 @@ purpose (with a message saying so) rather than skipping the proof.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
 from providers.base import ProviderName
 from tests.conftest import KEYS, Deployment, write_config
+from tests.processes import GatewayProcess, RedisServer, start_gateways, stop_all
 from tests.support import ServedApp, http
 
-ORGGRAPH = str(Path(sys.executable).parent / "orggraph")
+# GatewayProcess and RedisServer live in tests/processes.py; test_observability imports them
+# from here still.
+__all__ = ["GatewayProcess", "RedisServer"]
+
 DASHBOARD = """{ organizations(first: 100) { nodes { provider providerId name billingEmail
   subscriptions(first: 5) { nodes { status } } usage { metrics { key value } } } } }"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: run `make test` (it installs it)")
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        self.client = client
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -78,32 +33,6 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
     server.stop()
-
-
-class GatewayProcess:
-    def __init__(self, config: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k != "ORGGRAPH_CONFIG"}
-        self.process = subprocess.Popen(
-            [ORGGRAPH, "serve", "--config", str(config), "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        for _ in range(400):
-            try:
-                if http.get(self.url + "/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.025)
-        raise RuntimeError("gateway process did not start")
-
-    def stop(self) -> str:
-        self.process.send_signal(signal.SIGINT)
-        output, _ = self.process.communicate(timeout=15)
-        return output
 
 
 @pytest.fixture
@@ -124,7 +53,7 @@ def two_gateways(
         from gateway.settings import load_settings
 
         settings = load_settings(config)
-        a, b = GatewayProcess(config), GatewayProcess(config)
+        a, b = start_gateways(config, 2)
         started.extend([a, b])
         return Deployment(a.url, sandboxes, settings), Deployment(b.url, sandboxes, settings)
 
@@ -132,8 +61,7 @@ def two_gateways(
         served.clear_requests()
         served.clear_faults()
     yield start
-    for process in started:
-        output = process.stop()
+    for output in stop_all(started).values():
         assert "Traceback" not in output, output
 
 
