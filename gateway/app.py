@@ -174,6 +174,16 @@ async def _collect_periodically() -> None:
         gc.collect()
 
 
+CIRCUIT_REFRESH_SECONDS = 1.0
+"""With several workers, how often each writes its breaker states to the shared metrics."""
+
+
+async def _refresh_circuits_periodically(metrics: GatewayMetrics) -> None:
+    while True:
+        await asyncio.sleep(CIRCUIT_REFRESH_SECONDS)
+        metrics.refresh_circuits()
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS),
@@ -715,6 +725,9 @@ def create_app(
             _tune_garbage_collector()
             collector = asyncio.create_task(_collect_periodically())
             stack.callback(collector.cancel)
+            if runtime.metrics.shared:
+                circuits = asyncio.create_task(_refresh_circuits_periodically(runtime.metrics))
+                stack.callback(circuits.cancel)
             stack.push_async_callback(runtime.upstreams.aclose)
             stack.push_async_callback(runtime.cache.close)
             app.state.runtime = runtime

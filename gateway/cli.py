@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from gateway.logs import LOG_FORMATS, LOG_LEVELS, default_log_format, logging_config
-from gateway.metrics import MULTIPROC_ENV
+from gateway.metrics import MULTIPROC_ENV, shared_registry
 from gateway.settings import ConfigError, Settings, load_settings
 from providers.base import ProviderName, load_sandbox_module
 
@@ -195,11 +195,9 @@ def _summed_metrics_server(host: str, port: int) -> Any | None:
     """Several workers: this (parent) process serves ``/metrics`` summed over the workers'
     shared multiprocess files, from a thread of prometheus_client's; None when it cannot
     listen there."""
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client import start_http_server
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=os.environ[MULTIPROC_ENV])
+    registry = shared_registry(os.environ[MULTIPROC_ENV])
     try:
         server, _thread = start_http_server(port, addr=host.strip("[]"), registry=registry)
     except OSError as exc:

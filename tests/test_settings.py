@@ -179,3 +179,36 @@ def test_resilience_keys_are_read() -> None:
     upsun = settings.providers[ProviderName.UPSUN]
     assert (upsun.retries, upsun.breaker_failures, upsun.breaker_cooldown_seconds) == (2, 5, 30.0)
     assert parse_settings(GOOD, env={"TEST_CAPY_KEY": "x"}).server.deadline_seconds == 10.0
+
+
+def test_log_format_and_metrics_port_are_read() -> None:
+    env = {"TEST_CAPY_KEY": "x"}
+    default = parse_settings(GOOD, env=env).server
+    assert default.log_format is None and default.metrics_port is None
+    server = {"port": 8080, "log_format": "text", "metrics_port": 9100}
+    settings = parse_settings({**GOOD, "server": server}, env=env).server
+    assert settings.log_format == "text" and settings.metrics_port == 9100
+    assert parse_settings({**GOOD, "server": {"log_format": "json"}}, env=env).server.log_format
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ({"log_format": "xml"}, 'server.log_format must be "json" or "text"'),
+        ({"log_format": "JSON"}, 'server.log_format must be "json" or "text"'),
+        ({"log_format": 1}, "server.log_format has the wrong type"),
+        ({"metrics_port": 0}, "server.metrics_port must be between 1 and 65535"),
+        ({"metrics_port": 65536}, "server.metrics_port must be between 1 and 65535"),
+        ({"metrics_port": True}, "server.metrics_port has the wrong type"),
+        ({"metrics_port": "9100"}, "server.metrics_port has the wrong type"),
+        ({"port": 9100, "metrics_port": 9100}, "server.metrics_port must differ from server.port"),
+        ({"metrics_port": 8000}, "server.metrics_port must differ from server.port"),
+        ({"metrics": False, "metrics_port": 9100}, "metrics_port needs server.metrics = true"),
+    ],
+)
+def test_bad_log_format_and_metrics_port_are_refused(
+    server: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings({**GOOD, "server": server}, env={"TEST_CAPY_KEY": "x"})
+    assert message in str(err.value)
