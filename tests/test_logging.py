@@ -452,9 +452,11 @@ def test_no_secret_reaches_any_log_line(
 ) -> None:
     """Every credential kind configured, debug level, JSON lines: requests with right and
     wrong keys, upstreams that echo credentials in their error bodies (token endpoint
-    included), failed upstream authentication, a retry, a breaker opening, a deadline, a
-    malformed body, an unreachable Redis with a password; then no line holds a secret, nor
-    the base64 form Basic auth would give it."""
+    included; the caller's own credentials, which providers.http redacts at the source, and
+    another tenant's, which only the log's own redaction catches), failed upstream
+    authentication, a retry, a breaker opening, a deadline, a malformed body, an unreachable
+    Redis with a password; then no line holds a secret, nor the base64 form Basic auth would
+    give it."""
     redis_password = "redis-pass-5ecret-0101"
     cursor_secret = "cursor-secret-0123456789abcdef"
     config = write_config(
@@ -543,7 +545,10 @@ def test_no_secret_reaches_any_log_line(
 
     lines = _json_lines(output)
     leaked = sorted(s for s in secrets if s in output)
-    assert not leaked, f"secrets in the log: {leaked}"
+    where = {
+        (line["logger"], line["message"]) for line in lines if any(s in str(line) for s in leaked)
+    }
+    assert not leaked, f"secrets in the log: {leaked} in {where}"
     text = "\n".join(json.dumps(line) for line in lines)
     assert "[redacted]" in text  # the echoes did reach the log, redacted
     assert any(line["logger"] == "orggraph.breaker" for line in lines)
