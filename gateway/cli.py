@@ -78,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         _log.info(
             "OrgGraph on http://%s:%d/graphql (%d tenant(s))%s",
-            _url_host(host, wildcard_ok=True),
+            host,
             port,
             len(settings.tenants),
             f", metrics on port {metrics_port}" if metrics_port is not None else "",
@@ -215,13 +215,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _url_host(host: str, *, wildcard_ok: bool = False) -> str:
+def _url_host(host: str) -> str:
     """Where a browser on this machine reaches a server bound to ``host``: demo mode answers
-    only loopback names, and a wildcard address is no place to browse to. ``wildcard_ok``:
-    any name is fine (a configured server), only a wildcard becomes loopback."""
-    if host in ("0.0.0.0", "::", "[::]") or not (wildcard_ok or _is_loopback(host)):
+    only loopback names, and a wildcard address is no place to browse to."""
+    if host in ("0.0.0.0", "::", "[::]") or not _is_loopback(host):
         return "127.0.0.1"
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"[{host}]" if ":" in host else host
 
 
 def _key_new(args: argparse.Namespace) -> int:

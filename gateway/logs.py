@@ -16,8 +16,11 @@ line needs, the request id, comes from a contextvar the formatter reads.
   ``logger``, ``message``, every ``extra`` field, ``request_id`` (from the context when the line
   has none of its own) and ``exception`` (the formatted traceback). ``TextFormatter``: the same
   as ``ts LEVEL logger: message key=value ...`` for a terminal.
-* ``LineHandler``: writes each line with one ``os.write`` to stderr, so lines of several worker
-  processes sharing the descriptor do not interleave within a line.
+* ``LineHandler``: writes the lines of one event-loop iteration to stderr together, whole lines
+  of at most ``PIPE_BUF`` bytes per ``write``, so lines of worker processes sharing the
+  descriptor do not interleave within a line.
+* ``log_fields``: the access line's way in, about 4 µs: no caller lookup, and no ``LogRecord`` at
+  all when only our handlers would see it.
 * Secrets: ``register_secrets`` adds strings (credentials, their Basic-auth base64 forms, the
   cursor secret, a Redis password) that the formatters replace with ``[redacted]`` wherever they
   appear, a traceback's text included. Nothing is meant to log a secret in the first place
@@ -68,7 +71,7 @@ ACCESS_LOGGER = "orggraph.access"
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 6
 """Shorter values are not redacted: a credential is never that short, and replacing every
-occurrence of a four-letter word would wreck the log it is meant to protect."""
+occurrence of a short word would wreck the log it is meant to protect."""
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "orggraph_request_id", default=None
