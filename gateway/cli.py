@@ -22,6 +22,7 @@ import uvicorn
 
 from gateway.logs import LOG_FORMATS, LOG_LEVELS, default_log_format, logging_config
 from gateway.metrics import MULTIPROC_ENV, shared_registry
+from gateway.serving import GracefulH11Protocol
 from gateway.settings import ConfigError, Settings, load_settings
 from providers.base import ProviderName, load_sandbox_module
 
@@ -64,8 +65,14 @@ def _serve(args: argparse.Namespace) -> int:
     # One config for this process, uvicorn's loggers and (through uvicorn) every worker.
     log_config = logging_config(log_format, "debug" if args.verbose else args.log_level)
     logging.config.dictConfig(log_config)
-    # uvicorn's access log stays off: the gateway writes its own line per request.
-    serving: dict[str, Any] = {"log_config": log_config, "log_level": None, "access_log": False}
+    # uvicorn's access log stays off: the gateway writes its own line per request. Its HTTP
+    # protocol answers the requests on their way when a stop begins (gateway/serving.py).
+    serving: dict[str, Any] = {
+        "log_config": log_config,
+        "log_level": None,
+        "access_log": False,
+        "http": GracefulH11Protocol,
+    }
 
     if settings is not None:
         assert config_path is not None

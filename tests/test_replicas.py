@@ -6,10 +6,11 @@ spread; each replica's /metrics counts what that replica answered; and stopping 
 SIGTERM, as an orchestrator does, loses no request: the one in flight on it finishes (uvicorn
 drains), and new ones go to the others (the proxy passes over a refused connection).
 
-The stop is the orchestrator's whole sequence: out of the rotation, then SIGTERM. A replica
-still sent new connections while it stops can lose requests on them (uvicorn closes accepted
-connections it has read nothing on yet); test_a_stopping_replica_answers_a_connection_it_accepted
-pins that down as a strict xfail until the gateway's shutdown is changed.
+The stop is the orchestrator's whole sequence: out of the rotation, then SIGTERM. A connection
+the replica accepted before it stopped listening still gets its request answered
+(test_a_stopping_replica_answers_a_connection_it_accepted: uvicorn alone closes such
+connections at once; gateway/serving.py gives them a grace). Connections still in the kernel's
+accept queue when the listener closes are reset, which no server can help: hence the rotation.
 
 The proxy (tests/roundrobin.py) names the replica that answered in ``X-Test-Backend``, which is
 how these tests know who served what; its own test shows it retries connections, never a
@@ -362,23 +363,17 @@ def test_stopping_a_replica_loses_no_request(replicas: Replicas) -> None:
     assert {b for b, _ in stream.results[after_exit:]} == set(range(REPLICAS)) - {victim}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway shutdown defect (reported, lead to decide): uvicorn's graceful shutdown "
-    "closes at once every connection it has accepted but not yet read a request on",
-)
 def test_a_stopping_replica_answers_a_connection_it_accepted(
     sandboxes: dict[ProviderName, ServedApp], tmp_path: Path
 ) -> None:
     """A connection a replica accepted before it stopped listening gets its request answered.
 
-    A proxy that opens a connection and sends its request at once can lose the request at any
-    SIGTERM: the replica accepts the connection, closes its listener, and then closes every
-    connection with no request under way, including ones whose request is on its way (measured:
-    about one run in three of the stream test above, when the replica stays in the rotation
-    through SIGTERM). The request is sent after the listener closed here, so that the loss
-    happens every time rather than in a race; Go's net/http, for one, keeps such connections
-    open through its shutdown until their first request is read (or 5 s pass)."""
+    uvicorn alone closes every connection with no request under way as soon as it stops
+    listening, including ones whose request is on its way (measured before the fix: about one
+    run in three of the stream test above, with the replica left in the rotation through
+    SIGTERM). The request is sent after the listener closed here, so that the old loss happened
+    every time rather than in a race; gateway/serving.py keeps such connections open for a
+    grace, as Go's net/http does."""
     config = write_config(tmp_path / "one.toml", sandboxes)
     (gateway,) = start_gateways(config, 1)
     try:
