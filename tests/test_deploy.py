@@ -160,6 +160,16 @@ def test_probes_hit_readyz_and_healthz_on_the_serving_port() -> None:
     assert _container_port(GATEWAY_CONTAINER, liveness["port"]) == port
 
 
+def test_a_terminating_pod_keeps_serving_until_it_leaves_the_endpoints() -> None:
+    """SIGTERM closes the listener (gateway/serving.py answers what was already accepted);
+    the preStop sleep keeps it open while the Service stops routing new connections here, and
+    the grace period covers the sleep plus a request's whole deadline."""
+    command = GATEWAY_CONTAINER["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 5
+    grace = GATEWAY_POD["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= int(command[1]) + 10 + 1  # + deadline_seconds (10) + the idle grace
+
+
 @pytest.mark.parametrize("container", [GATEWAY_CONTAINER, REDIS_CONTAINER], ids=["gw", "redis"])
 def test_resources_and_security_context(container: dict[str, Any]) -> None:
     pod = GATEWAY_POD if container is GATEWAY_CONTAINER else REDIS_POD
