@@ -22,7 +22,7 @@ import uvicorn
 
 from gateway.logs import LOG_FORMATS, LOG_LEVELS, default_log_format, logging_config
 from gateway.metrics import MULTIPROC_ENV, shared_registry
-from gateway.serving import GracefulH11Protocol
+from gateway.serving import GracefulHttpToolsProtocol
 from gateway.settings import ConfigError, Settings, load_settings
 from providers.base import ProviderName, load_sandbox_module
 
@@ -71,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": log_config,
         "log_level": None,
         "access_log": False,
-        "http": GracefulH11Protocol,
+        "http": GracefulHttpToolsProtocol,
     }
 
     if settings is not None:
