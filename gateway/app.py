@@ -293,6 +293,7 @@ async def _graphql(request: Request, observed: _Observed, started: float) -> Res
     if telemetry is None:
         return await _answer_graphql(request, runtime, media_type, observed, started)
     with telemetry.operation(request.headers) as span:
+        observed.trace_id = span.trace_id
         response = await _answer_graphql(request, runtime, media_type, observed, started)
         span.finish(
             operation_type=observed.operation_type,
@@ -339,6 +340,8 @@ class _Observed:
     """The whole-response cache's answer: hit, miss, or none (not asked)."""
     scope: RequestScope | None = None
     """The request's upstream scope, once execution is under way (its calls, its cache)."""
+    trace_id: str | None = None
+    """The operation span's trace, when tracing is on: the access line names it."""
 
 
 _access_log = logging.getLogger(ACCESS_LOGGER)
@@ -359,24 +362,27 @@ def _log_access(request: Request, observed: _Observed, status: int, seconds: flo
         upstream, dropped = scope.logged_calls()
         layer = {"hit": scope.hits, "miss": scope.misses, "stale": scope.stale}
     method = request.method
+    fields: dict[str, Any] = {
+        "request_id": request_id.get(),
+        "method": method,
+        "tenant": observed.tenant or None,
+        "operation_type": observed.operation_type,
+        "operation_name": clean_operation_name(observed.operation_name),
+        "status": status,
+        "outcome": observed.outcome,
+        "duration_ms": round(seconds * 1000, 3),
+        "cache": {"response": observed.response_cache, "upstream": layer},
+        "upstream": upstream,
+        "upstream_dropped": dropped,
+    }
+    if observed.trace_id is not None:
+        fields["trace_id"] = observed.trace_id
     log_fields(
         _access_log,
         logging.INFO,
         "%s %s %d %s",
         (method, request.scope["path"], status, observed.outcome),
-        {
-            "request_id": request_id.get(),
-            "method": method,
-            "tenant": observed.tenant or None,
-            "operation_type": observed.operation_type,
-            "operation_name": clean_operation_name(observed.operation_name),
-            "status": status,
-            "outcome": observed.outcome,
-            "duration_ms": round(seconds * 1000, 3),
-            "cache": {"response": observed.response_cache, "upstream": layer},
-            "upstream": upstream,
-            "upstream_dropped": dropped,
-        },
+        fields,
         scrubbed=True,
     )
 

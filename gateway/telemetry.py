@@ -142,6 +142,11 @@ class OperationSpan:
     def __init__(self, span: Span) -> None:
         self.span = span
 
+    @property
+    def trace_id(self) -> str:
+        """The trace's id as W3C writes it (32 hex digits), for the access line."""
+        return format(self.span.get_span_context().trace_id, "032x")
+
     def finish(
         self,
         *,

@@ -8,6 +8,7 @@ loopback that decodes the protobuf the exporter sends.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.logs import ACCESS_LOGGER
 from gateway.settings import ConfigError, load_settings
 from gateway.telemetry import Telemetry
 from providers.base import ProviderName
@@ -108,6 +110,22 @@ def test_an_operation_joins_the_clients_trace_and_upstream_calls_are_its_childre
     # Each upstream request carried the traceparent of its own span.
     sent = sorted(r["traceparent"] for r in sandbox_requests)
     assert sent == sorted(f"00-{TRACE_ID}-{_hex(span.context.span_id, 16)}-01" for span in upstream)
+
+
+def test_the_access_line_names_the_trace(traced: Traced, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    traced.query(PLANETSCALE_NAMES, headers={"traceparent": TRACEPARENT, "X-Request-Id": "tr-1"})
+    (record,) = [r for r in caplog.records if getattr(r, "request_id", None) == "tr-1"]
+    assert record.trace_id == TRACE_ID  # type: ignore[attr-defined]
+
+
+def test_without_tracing_the_access_line_has_no_trace_id(
+    gw: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    gw.query(PLANETSCALE_NAMES, headers={"traceparent": TRACEPARENT, "X-Request-Id": "tr-2"})
+    (record,) = [r for r in caplog.records if getattr(r, "request_id", None) == "tr-2"]
+    assert not hasattr(record, "trace_id")
 
 
 def test_a_request_without_trace_context_starts_a_trace_and_a_bad_one_is_ignored(
