@@ -22,6 +22,7 @@ from gateway.settings import Settings, load_settings
 from gateway.tenancy import hash_api_key
 from providers.base import ProviderName, load_sandbox_module
 from providers.sandbox_kit import SandboxOptions
+from tests.processes import RedisServer
 from tests.support import ServedApp, http, serve_app, serve_sandboxes
 
 # Pages of at most 3 force the gateway to walk several upstream pages per provider.
@@ -184,6 +185,14 @@ class Deployment:
         for served in self.sandboxes.values():
             served.clear_faults()
             served.clear_requests()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on a free loopback port."""
+    server = RedisServer()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from providers.base import ProviderName
 from tests.conftest import KEYS, ORG_LIST_PATHS, MakeGateway, write_config
+from tests.processes import GatewayProcess, RedisServer
 from tests.support import ServedApp, http
-from tests.test_redis import GatewayProcess, RedisServer
 
 PLANETSCALE = "{ organizations(first: 3, providers: [PLANETSCALE]) { nodes { providerId name } } }"
 LIST = ORG_LIST_PATHS[ProviderName.PLANETSCALE]

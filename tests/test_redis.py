@@ -22,17 +22,8 @@ from tests.support import ServedApp, http
 
 # GatewayProcess and RedisServer live in tests/processes.py; test_observability imports them
 # from here still.
-__all__ = ["GatewayProcess", "RedisServer"]
-
 DASHBOARD = """{ organizations(first: 100) { nodes { provider providerId name billingEmail
   subscriptions(first: 5) { nodes { status } } usage { metrics { key value } } } } }"""
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

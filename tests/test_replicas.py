@@ -66,13 +66,6 @@ class Replicas:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def replicas(
     sandboxes: dict[ProviderName, ServedApp], redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[Replicas]:
