@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format schema sandbox clean redis-server bench chaos conformance-deps compose-check
+.PHONY: install run test lint format schema sandbox clean redis-server chromium bench chaos conformance-deps compose-check screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,13 @@ schema: install
 	$(BIN)/orggraph schema > schema.graphql
 
 lint: install
-	$(BIN)/ruff check gateway providers tests bench
-	$(BIN)/ruff format --check gateway providers tests bench
+	$(BIN)/ruff check gateway providers tests bench docs
+	$(BIN)/ruff format --check gateway providers tests bench docs
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix gateway providers tests bench
-	$(BIN)/ruff format gateway providers tests bench
+	$(BIN)/ruff check --fix gateway providers tests bench docs
+	$(BIN)/ruff format gateway providers tests bench docs
 
 # The Redis cache tests run a real redis-server; install it where missing (Debian/apt, as root
 # or through sudo). Anything else: install redis-server yourself, the tests say so if absent.
@@ -40,6 +40,16 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+# The dashboard's browser tests (tests/browser/) drive Debian's chromium through Playwright
+# (executable_path: Playwright's own browser download is never used); install it where missing
+# (Debian/apt, as root or through sudo). Elsewhere, put a `chromium` on PATH yourself.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "make: installing chromium for the dashboard's browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # The GraphQL-over-HTTP conformance audits (tests/test_http_conformance.py) run graphql-http
 # under node, pinned by tests/conformance/package-lock.json. `npm ci` runs only when
@@ -58,7 +68,7 @@ $(CONFORMANCE_STAMP): $(CONFORMANCE)/package.json $(CONFORMANCE)/package-lock.js
 
 conformance-deps: $(CONFORMANCE_STAMP)
 
-test: install lint redis-server conformance-deps
+test: install lint redis-server chromium conformance-deps
 	$(BIN)/pytest -q
 
 # Load and latency figures (bench/run.py); results go to bench/RESULTS.md. Not run by CI.
@@ -67,6 +77,11 @@ bench: install redis-server
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/run.py
+
+# The dashboard's screenshots in docs/ (shown in the README): demo mode in chromium at
+# 1280x800 and 390x844, and one organization's detail. Not run by CI.
+screenshots: install chromium
+	$(BIN)/python docs/screenshots.py
 
 # A few minutes of mixed traffic while faults switch on and off in every sandbox
 # (bench/chaos.py); results go to bench/RESULTS.md. Not run by CI.
