@@ -1,4 +1,5 @@
-"""The HTTP service: a Starlette app serving GraphQL (POST and GET), GraphiQL and /healthz.
+"""The HTTP service: a Starlette app serving GraphQL (POST and GET), GraphiQL, the dashboard
+and /healthz.
 
 ``create_app(settings)`` serves a configured deployment; ``create_app(None)`` is demo mode, which
 starts the five provider sandboxes in-process on loopback ports and serves an open demo tenant over
@@ -11,12 +12,14 @@ limit is checked before anything else is done for it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import gc
 import hashlib
 import ipaddress
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -75,6 +78,7 @@ __all__ = ["Runtime", "create_app", "create_metrics_app", "settings_secrets"]
 logger = logging.getLogger("orggraph.app")
 
 STATIC_DIR = Path(__file__).parent / "static"
+DASHBOARD_DIR = STATIC_DIR / "dashboard"
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Whether a cacheable query was answered from the whole-response cache (for operators).
 _CACHE_HIT = {"X-OrgGraph-Cache": "hit"}
@@ -216,6 +220,107 @@ def _graphiql_template() -> str:
 def _graphiql_page(path: str) -> HTMLResponse:
     html = _graphiql_template().replace("{{STATIC}}", "/static")
     return HTMLResponse(html.replace("{{ENDPOINT}}", path))
+
+
+# Inline scripts of the dashboard page (its import map): the CSP allows exactly these, by hash.
+_INLINE_SCRIPT = re.compile(r"<script\b(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
+# The only files served below /dashboard/, with their types (never a guess from the host's
+# mime.types: a module script needs a JavaScript type to run at all).
+_DASHBOARD_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".map": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _DashboardPage:
+    body: bytes
+    etag: str
+    headers: dict[str, str]
+    """For the page and every asset: the CSP, and revalidation on every load (no build step
+    fingerprints the file names, so an upgraded gateway must never mix old and new modules)."""
+
+
+@functools.cache
+def _dashboard_page() -> _DashboardPage:
+    html = (DASHBOARD_DIR / "index.html").read_bytes()
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
+        for script in _INLINE_SCRIPT.findall(html.decode("utf-8"))
+    )
+    policy = "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src 'self'{hashes}",
+            "style-src 'self'",
+            "img-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",  # the key form is read by the script, never submitted
+            "frame-ancestors 'none'",
+        ]
+    )
+    return _DashboardPage(
+        body=html,
+        etag='"' + hashlib.sha256(html).hexdigest()[:32] + '"',
+        headers={
+            "Content-Security-Policy": policy,
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cross-Origin-Opener-Policy": "same-origin",
+            "Cross-Origin-Resource-Policy": "same-origin",
+        },
+    )
+
+
+def _dashboard_enabled(app: Any) -> bool:
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    return runtime is not None and runtime.settings.server.dashboard
+
+
+async def dashboard(request: Request) -> Response:
+    """``GET /dashboard``: the page (an app shell; its data comes from /graphql)."""
+    if not _dashboard_enabled(request.app):
+        return _reject(RequestRejected(ErrorCode.NOT_FOUND, "The dashboard is disabled", 404))
+    page = _dashboard_page()
+    headers = {**page.headers, "ETag": page.etag}
+    if page.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(page.body, media_type="text/html", headers=headers)
+
+
+class DashboardAssets(StaticFiles):
+    """The dashboard's scripts, styles and vendored libraries, below ``/dashboard/``, with the
+    page's headers and explicit types; nothing else of the directory, and nothing at all when
+    the dashboard is off."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if not _dashboard_enabled(scope["app"]):
+            raise HTTPException(404, "The dashboard is disabled")
+        if path == ".":
+            # /dashboard/ would resolve the page's relative asset URLs one level too deep.
+            return RedirectResponse("../dashboard", status_code=308)
+        if Path(path).suffix not in _DASHBOARD_TYPES:
+            raise HTTPException(404)
+        return await super().get_response(path, scope)
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(_dashboard_page().headers)
+        if response.status_code != 304:
+            response.headers["Content-Type"] = _DASHBOARD_TYPES[Path(full_path).suffix]
+        return response
 
 
 def _persisted_query_hash(extensions: Any) -> str | None:
@@ -768,6 +873,8 @@ def create_app(
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
             *(metrics_routes if serve_metrics else []),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            Route("/dashboard", dashboard, methods=["GET", "HEAD"]),
+            Mount("/dashboard", DashboardAssets(directory=DASHBOARD_DIR), name="dashboard"),
         ],
         middleware=middleware,
         lifespan=lifespan,

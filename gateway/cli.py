@@ -84,10 +84,11 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"orggraph: metrics_port {metrics_port} is the API's port", file=sys.stderr)
             return 2
         _log.info(
-            "OrgGraph on http://%s:%d/graphql (%d tenant(s))%s",
+            "OrgGraph on http://%s:%d/graphql (%d tenant(s))%s%s",
             host,
             port,
             len(settings.tenants),
+            f", dashboard: http://{host}:{port}/dashboard" if settings.server.dashboard else "",
             f", metrics on port {metrics_port}" if metrics_port is not None else "",
         )
         if workers > 1:
@@ -141,7 +142,9 @@ def _serve(args: argparse.Namespace) -> int:
         "OrgGraph DEMO MODE: no config given, so the five provider sandboxes run in-process on "
         "loopback with generated data, and requests need no API key (an open 'demo' tenant). "
         "Never expose demo mode; pass --config FILE (or set ORGGRAPH_CONFIG) for real use. "
-        "GraphiQL: http://%s:%d/graphql",
+        "GraphiQL: http://%s:%d/graphql, dashboard: http://%s:%d/dashboard",
+        _url_host(host),
+        port,
         _url_host(host),
         port,
     )

@@ -48,6 +48,8 @@ class ServerSettings:
     port: int = 8000
     workers: int = 1
     graphiql: bool = True
+    dashboard: bool = True
+    """Serve the dashboard page at GET /dashboard (and its assets below it)."""
     metrics: bool = True
     """Serve Prometheus metrics at GET /metrics."""
     metrics_port: int | None = None
@@ -160,6 +162,7 @@ _SERVER_KEYS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("port", int),
     ("workers", int),
     ("graphiql", bool),
+    ("dashboard", bool),
     ("metrics", bool),
     ("metrics_port", int),
     ("log_format", str),
