@@ -50,6 +50,15 @@ def demo_gateway() -> Iterator[GatewayServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def demo_gateway_large() -> Iterator[GatewayServer]:
+    """Demo mode with 60 organizations per sandbox: about 90 for the demo tenant, several of
+    the table's pages (the default demo data fits one)."""
+    server = GatewayServer(args=["--orgs", "60"])
+    yield server
+    server.stop()
+
+
 @dataclass
 class Configured:
     """The configured gateway and the sandboxes behind it (faults and logs cleared around

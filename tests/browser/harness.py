@@ -16,6 +16,7 @@ The page's DOM is docs/dashboard-contract.md; the selectors here come from it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -129,7 +130,9 @@ class GraphQLCall:
         self.request = request
         self.method = request.method
         self.query = ""
+        """The document's text; empty for a persisted query sent by its hash alone (APQ)."""
         self.variables: dict[str, Any] = {}
+        self.operation_name: str | None = None
         if request.method == "POST":
             try:
                 body = request.post_data_json
@@ -138,29 +141,41 @@ class GraphQLCall:
             if isinstance(body, dict):
                 self.query = str(body.get("query") or "")
                 self.variables = body.get("variables") or {}
+                self.operation_name = body.get("operationName")
         else:
-            params = parse_qs(urlsplit(request.url).query)
-            self.query = params.get("query", [""])[0]
-            if "variables" in params:
-                import json
-
-                self.variables = json.loads(params["variables"][0])
+            params = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query).items()}
+            self.query = params.get("query", "")
+            self.variables = json.loads(params.get("variables") or "{}") or {}
+            self.operation_name = params.get("operationName")
 
     def response_json(self) -> Any:
-        response = self.request.response()
-        assert response is not None, f"no response to {self.request.url}"
-        return response.json()
+        """The answer's JSON; None when there was none (an aborted request) or not JSON."""
+        try:
+            response = self.request.response()
+            return None if response is None else response.json()
+        except Exception:
+            return None
+
+    def argument(self, argument: str) -> Any:
+        """What ``argument`` was given: the value of the variable the query passes to it, or
+        an inline string or enum (list). Without the query's text (a persisted query sent by
+        hash), the variable of the argument's name."""
+        if not self.query:
+            return self.variables.get(argument)
+        for name, value in self.variables.items():
+            if re.search(rf"\b{argument}\s*:\s*\$\s*{re.escape(name)}\b", self.query):
+                return value
+        inline = re.search(rf'\b{argument}\s*:\s*(?:"([^"]*)"|\[([^\]]*)\]|(\w+))', self.query)
+        if inline is None:
+            return None
+        text, items, word = inline.groups()
+        if items is not None:
+            return [item.strip().strip('"') for item in items.split(",") if item.strip()]
+        return text if text is not None else word
 
     def mentions(self, argument: str, value: str) -> bool:
-        """Whether ``argument`` is given ``value`` (or a list holding only it), as a variable
-        or inline in the query text."""
-        for name, given in self.variables.items():
-            if given in (value, [value]) and (
-                argument.lower() in name.lower()
-                or re.search(rf"\b{argument}\s*:\s*\$\s*{re.escape(name)}\b", self.query)
-            ):
-                return True
-        return bool(re.search(rf"\b{argument}\s*:\s*\[?\s*{value}\s*\]?", self.query))
+        """Whether ``argument`` is given ``value``, or a list holding only it."""
+        return self.argument(argument) in (value, [value])
 
 
 class GuardedPage:
