@@ -580,7 +580,7 @@ function OrganizationDetail({ id, detail, fallbackName, onClose }) {
   }, [id]);
   const org = detail && detail.body && detail.body.data.node;
   const { failing, general } = splitErrors(detail && detail.body && detail.body.errors);
-  const name = org ? org.name : fallbackName || (detail && (detail.failure || detail.body) ? "Organization" : "Loading…");
+  const name = org ? org.name : fallbackName || "Organization";
   const onKeyDown = (event) => {
     if (event.key === "Escape") onClose();
   };
@@ -913,7 +913,12 @@ function App() {
             selectedId=${detailId}
           />
           ${detailId &&
-          html`<${OrganizationDetail} id=${detailId} detail=${detail} fallbackName=${fallbackName} onClose=${closeDetail} />`}
+          (detail && detail.id === detailId && (detail.body || detail.failure)
+            ? html`<${OrganizationDetail} id=${detailId} detail=${detail} fallbackName=${fallbackName} onClose=${closeDetail} />`
+            : // section#org-detail appears complete, once its answer is in: nothing half-drawn to read.
+              html`<section class="panel detail-loading" aria-busy="true" aria-label="Organization detail">
+                <p class="shell-note">Loading ${fallbackName || "the organization"}…</p>
+              </section>`)}
         </div>
         <${ProviderHealth}
           providers=${overview.data.providers}
