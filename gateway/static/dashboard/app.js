@@ -794,11 +794,13 @@ function App() {
   }, [detailId, key, needsKey, tick]);
 
   // Every REFRESH_SECONDS while the tab is visible; at once when it becomes visible after that.
+  // A rate-limited key waits as long as the gateway asked, if that is longer.
   useEffect(() => {
     if (needsKey || busy) return;
     if (document.visibilityState !== "visible") return;
-    if (lastAttempt.current && now - lastAttempt.current >= REFRESH_SECONDS * 1000) setTick((t) => t + 1);
-  }, [now, needsKey, busy]);
+    const wait = Math.max(REFRESH_SECONDS, (failure && failure.retryAfter) || 0) * 1000;
+    if (lastAttempt.current && now - lastAttempt.current >= wait) setTick((t) => t + 1);
+  }, [now, needsKey, busy, failure]);
 
   const refresh = () => {
     fresh.current = true;
