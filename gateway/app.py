@@ -78,7 +78,7 @@ __all__ = ["Runtime", "create_app", "create_metrics_app", "settings_secrets"]
 logger = logging.getLogger("orggraph.app")
 
 STATIC_DIR = Path(__file__).parent / "static"
-DASHBOARD_DIR = STATIC_DIR / "dashboard"
+DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Whether a cacheable query was answered from the whole-response cache (for operators).
 _CACHE_HIT = {"X-OrgGraph-Cache": "hit"}

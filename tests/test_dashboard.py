@@ -1,7 +1,7 @@
 """The dashboard at ``GET /dashboard``, over HTTP against real gateways: the page and its assets
 (types, CSP, caching), ``[server] dashboard = false``, that everything the page refers to is
 served by the gateway and nothing refers to another origin, and that the GraphQL documents the
-page sends (gateway/static/dashboard/queries.js) validate, fit the default upstream-call budget
+page sends (gateway/dashboard/queries.js) validate, fit the default upstream-call budget
 and work through the APQ-over-GET flow the page uses. What the page does in a browser is
 tests/browser/'s."""
 
@@ -31,7 +31,7 @@ from tests.conftest import KEYS, ORG_LIST_PATHS, Deployment, MakeGateway
 from tests.support import http
 
 ROOT = Path(__file__).resolve().parent.parent
-DASHBOARD = ROOT / "gateway" / "static" / "dashboard"
+DASHBOARD = ROOT / "gateway" / "dashboard"
 ORGGRAPH = str(Path(sys.executable).parent / "orggraph")
 ACME = {"Authorization": f"Bearer {KEYS['acme']}"}
 DEFAULT_BUDGET = 50
@@ -151,6 +151,8 @@ def test_only_the_page_and_its_assets_are_served(gw: Deployment) -> None:
     assert slash.status_code == 308
     assert urljoin(gw.url + "/dashboard/", slash.headers["location"]) == gw.url + "/dashboard"
     assert http.post(gw.url + "/dashboard").status_code == 405
+    # Only through /dashboard, with its CSP and its setting: not through GraphiQL's /static.
+    assert http.get(gw.url + "/static/dashboard/app.js").status_code == 404
 
 
 def _references(text: str, kind: str) -> list[tuple[str, bool]]:
