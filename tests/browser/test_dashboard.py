@@ -450,7 +450,12 @@ def _check_meters(page: Page, org: dict) -> None:
 
 def _check_detail(page: Page, org: dict) -> None:
     page.wait_for_selector("section#org-detail")
-    assert visible_text(page, "section#org-detail h2").strip() == org["name"]
+    wait_for(
+        page,
+        lambda: page.locator("section#org-detail h2").inner_text().strip(),
+        lambda heading: heading == org["name"],
+        "the detail's heading names the organization",
+    )
     subscriptions = org["subscriptions"]["nodes"]
     table = page.locator("#org-detail table#subscriptions tbody tr")
     wait_for(page, table.count, lambda n: n == len(subscriptions), "one row per subscription")
@@ -548,9 +553,13 @@ def test_keyboard_reaches_search_and_opens_a_detail(
         page, lambda: page.evaluate("location.hash"), lambda h: h == href, "Enter follows the link"
     )
     page.wait_for_selector("section#org-detail")
-    org_id = href.removeprefix("#/org/")
-    name = api_org(demo_gateway.url, org_id)["name"]
-    assert visible_text(page, "section#org-detail h2").strip() == name
+    name = api_org(demo_gateway.url, href.removeprefix("#/org/"))["name"]
+    wait_for(
+        page,
+        lambda: page.locator("section#org-detail h2").inner_text().strip(),
+        lambda heading: heading == name,
+        "Enter opened the focused organization",
+    )
 
 
 def test_narrow_viewport_has_no_horizontal_overflow(
