@@ -6,7 +6,8 @@ same launch and loopback-only guard as the browser tests) and writes
 
 * docs/dashboard-desktop.png: the overview at 1280x800;
 * docs/dashboard-narrow.png: the overview at 390x844 (a phone);
-* docs/dashboard-detail.png: a CapyDB organization's detail (meters, history) at 1280x800.
+* docs/dashboard-detail.png: a CapyDB organization's detail panel (subscriptions, usage meters,
+  history), opened at 1280x800 by its URL: the panel alone, whole.
 
 Fails, writing nothing more, if the page reaches off loopback or logs an error.
 """
@@ -41,12 +42,17 @@ def detail_org(url: str) -> str:
     return str(response.json()["data"]["organizations"]["nodes"][0]["id"])
 
 
-def shoot(guarded: GuardedPage, url: str, path: Path, *, wait_for: str | None, full: bool) -> None:
+def shoot(guarded: GuardedPage, url: str, path: Path, *, element: str | None, full: bool) -> None:
     page = guarded.open(url)
-    if wait_for:
-        page.wait_for_selector(wait_for)
+    if element:
+        page.wait_for_selector(element)
     page.evaluate("document.fonts.ready")
-    page.screenshot(path=str(path), full_page=full, animations="disabled", caret="hide")
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # no focus ring
+    options = {"path": str(path), "animations": "disabled", "caret": "hide"}
+    if element:
+        page.locator(element).screenshot(**options)
+    else:
+        page.screenshot(full_page=full, **options)
     problems = guarded.problems()
     if problems:
         raise SystemExit("screenshots: the page misbehaved:\n  " + "\n  ".join(problems))
@@ -71,10 +77,10 @@ def main() -> int:
                 "section#org-detail",
             ),
         ]
-        for name, viewport, url, wait_for in shots:
+        for name, viewport, url, element in shots:
             guarded = GuardedPage(browser, viewport=viewport, device_scale_factor=1)
             try:
-                shoot(guarded, url, args.out / name, wait_for=wait_for, full=args.full_page)
+                shoot(guarded, url, args.out / name, element=element, full=args.full_page)
             finally:
                 guarded.close()
     return 0
