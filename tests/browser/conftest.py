@@ -1,6 +1,8 @@
-"""Fixtures of the dashboard's browser tests: one chromium per session, a fresh guarded context
-per page, and two ``orggraph serve`` gateways on loopback: demo mode (no config, no key) and a
-configured one over the session's sandboxes (tests/conftest.py), where faults can be injected.
+"""Fixtures of the dashboard's browser tests: one chromium for them all, a fresh guarded context
+per page, and ``orggraph serve`` gateways on loopback: demo mode (no config, no key; and a
+larger demo for paging) and a configured one over the session's sandboxes (tests/conftest.py),
+where faults can be injected. Package-scoped: started once, and stopped when the browser tests
+are done rather than idling through the rest of the suite.
 
 Every test that opens a page fails, after its own assertions pass, if the page reached anywhere
 but loopback, logged a console error or threw an uncaught error (``pytest_runtest_call``
@@ -33,7 +35,7 @@ _PAGES = pytest.StashKey[list[GuardedPage]]()
 _RENDERS = pytest.StashKey[list[tuple[str, float]]]()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[Browser]:
     try:
         with launched_chromium() as browser:
@@ -42,7 +44,7 @@ def chromium() -> Iterator[Browser]:
         pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo_gateway() -> Iterator[GatewayServer]:
     """``orggraph serve`` without a config: demo mode, default demo data, an open tenant."""
     server = GatewayServer()
@@ -50,7 +52,7 @@ def demo_gateway() -> Iterator[GatewayServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo_gateway_large() -> Iterator[GatewayServer]:
     """Demo mode with 60 organizations per sandbox: about 90 for the demo tenant, several of
     the table's pages (the default demo data fits one)."""
@@ -72,7 +74,7 @@ class Configured:
         return f"sessionStorage.setItem('orggraph.key', {KEYS[tenant]!r})"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def configured_gateway(
     sandboxes: dict[ProviderName, ServedApp], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayServer]:

@@ -204,9 +204,11 @@ def test_the_guard_records_requests_off_loopback_and_console_errors(open_page: O
     console error is recorded (both cleared here, or this test would fail too)."""
     guarded = open_page()
     guarded.page.set_content("<p>guard</p>")
-    outcome = guarded.page.evaluate(
-        "fetch('http://203.0.113.7/beacon').then(() => 'reached', () => 'blocked')"
-    )
+    with guarded.page.expect_event("requestfailed") as failed:
+        outcome = guarded.page.evaluate(
+            "fetch('http://203.0.113.7/beacon').then(() => 'reached', () => 'blocked')"
+        )
+    assert "ERR_BLOCKED_BY_CLIENT" in (failed.value.failure or "")  # aborted by us, never sent
     guarded.page.evaluate("console.error('deliberate')")
     wait_for(
         guarded.page,
@@ -574,10 +576,14 @@ def test_narrow_viewport_has_no_horizontal_overflow(
         ),
         demo_gateway.url,
     )
+    # A phone widens its layout viewport (innerWidth) to fit content that overflows, so the
+    # bound is the device's 390 px, and innerWidth must still be that.
     widths = page.evaluate(
-        "({scroll: document.scrollingElement.scrollWidth, inner: window.innerWidth})"
+        "({scroll: document.scrollingElement.scrollWidth, inner: window.innerWidth,"
+        " summary: document.querySelector('section#summary').scrollWidth})"
     )
-    assert widths["scroll"] <= widths["inner"] + 1, widths
+    assert widths["inner"] == 390 and widths["scroll"] <= 390 + 1, widths
+    assert widths["summary"] <= 390, widths
     assert page.locator("section#summary").is_visible()
     assert page.locator(ROWS).first.is_visible()
 
