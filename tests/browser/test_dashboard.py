@@ -644,6 +644,15 @@ def test_key_form_refuses_a_wrong_key_and_takes_the_right_one(
     assert not page.locator("form#key-form").is_visible()
     assert row_ids(page) == shown
 
+    # A stored key the gateway no longer takes (revoked, another gateway's): the form again.
+    stale = open_page()
+    stale.allow_console_error(r"status of 401")
+    stale.context.add_init_script("sessionStorage.setItem('orggraph.key', 'a-revoked-key')")
+    page = stale.open(configured.url + "/dashboard", ready=False)
+    page.wait_for_selector("main#dashboard[data-state=needs-key]", state="attached")
+    assert page.locator("form#key-form").is_visible()
+    assert page.locator(ROWS).count() == 0
+
 
 def test_a_failing_provider_is_named_and_the_rest_renders(
     open_page: OpenPage, configured: Configured
