@@ -55,9 +55,7 @@ class _GracefulShutdown:
         if self._closing and self.cycle is not None and not self.cycle.response_complete:
             # The request that came in during the grace is answered, and the connection ends.
             self.cycle.keep_alive = False
-            if self._grace is not None:
-                self._grace.cancel()
-                self._grace = None
+            self._forget_grace()
 
     def _forget_grace(self) -> None:
         if self._grace is not None:
