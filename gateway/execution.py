@@ -39,6 +39,7 @@ from graphql import (
     validate,
 )
 
+from gateway.completion import InlineLeafExecutor, inline_leaf_fields, is_awaitable
 from gateway.cost import cost_variable_key, cost_variables, estimate_upstream_calls
 from gateway.errors import ErrorCode
 from gateway.limits import check_document, check_query_bytes, too_complex
@@ -151,6 +152,11 @@ class Executor:
         # document that large is rare enough to parse again.
         self.max_entry_bytes = cache_bytes // 8
         self._prepared: OrderedDict[str, PreparedOperation] = OrderedDict()
+        self._executor_class = type(
+            "SchemaInlineLeafExecutor",
+            (InlineLeafExecutor,),
+            {"leaf_fields": inline_leaf_fields(schema)},
+        )
         self.cached_bytes = 0
         self.hits = 0
         self.misses = 0
@@ -276,6 +282,8 @@ class Executor:
             variable_values=variables,
             operation_name=operation_name,
             hide_suggestions=self.hide_suggestions,
+            executor_class=self._executor_class,
+            is_awaitable=is_awaitable,
         )
         if inspect.isawaitable(result):
             result = await result
