@@ -83,7 +83,8 @@ def collapsed_stacks(path: Path) -> Counter[tuple[str, ...]]:
 
 
 def speedscope_stacks(path: Path) -> Counter[tuple[str, ...]]:
-    """The same from a speedscope file (sampled profiles, one per thread)."""
+    """The same from a speedscope file (sampled profiles, one per thread; each sample's stack
+    root first). Every sample counts once: its weight is the sampling interval in seconds."""
     data = json.loads(path.read_text())
     frames = [
         f"{f['name']} ({f.get('file', '?')}{':' + str(f['line']) if f.get('line') else ''})"
@@ -93,9 +94,8 @@ def speedscope_stacks(path: Path) -> Counter[tuple[str, ...]]:
     for profile in data["profiles"]:
         if profile.get("type") != "sampled":
             continue
-        weights = profile.get("weights") or [1] * len(profile["samples"])
-        for sample, weight in zip(profile["samples"], weights, strict=True):
-            stacks[tuple(frames[i] for i in sample)] += int(weight)
+        for sample in profile["samples"]:
+            stacks[tuple(frames[i] for i in sample)] += 1
     return stacks
 
 
