@@ -130,8 +130,12 @@ class Executor:
         call_costs: Mapping[ProviderName, CallCosts] = MappingProxyType({}),
         cache_size: int = CACHE_SIZE,
         cache_bytes: int = CACHE_BYTES,
+        inline_leaves: bool = True,
     ) -> None:
         self.schema = schema
+        self.inline_leaves = inline_leaves
+        """Run operations with ``gateway.completion.InlineLeafExecutor``; False runs
+        graphql-core's own executor, the reference tests/test_completion.py compares with."""
         self.max_depth = max_depth
         self.max_tokens = max_tokens
         self.max_aliases = max_aliases
@@ -282,8 +286,8 @@ class Executor:
             variable_values=variables,
             operation_name=operation_name,
             hide_suggestions=self.hide_suggestions,
-            executor_class=self._executor_class,
-            is_awaitable=is_awaitable,
+            executor_class=self._executor_class if self.inline_leaves else None,
+            is_awaitable=is_awaitable if self.inline_leaves else None,
         )
         if inspect.isawaitable(result):
             result = await result
