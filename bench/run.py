@@ -56,7 +56,7 @@ GROUPS: dict[str, str] = {
     "bare": "bare_starlette (always run: the ratios to bare need it)",
     "single": "single_org_cache_off",
     "list": "list_100_cache_off",
-    "dashboard": "dashboard_cache_off",
+    "dashboard": "dashboard_page_cache_off, dashboard_cache_off",
     "fanout": "fanout_100ms (the dashboard query, every upstream 100 ms slow)",
     "transports": "single_org_cache_off over httpx-aiohttp and httpx",
     "cached": "single_org_cached, dashboard_cached",
@@ -207,14 +207,21 @@ class Sandboxes:
         ttl: float | None = None,
         transport: str | None = None,
         workers: int | None = None,
+        max_upstream_calls: int | None = None,
     ) -> Path:
         """The gateway as shipped: only what differs from the defaults is written (the
         sandboxes, the tenant, the cache backend, no outbound pacing; and what the scenario
-        varies: ``ttl``, ``transport``, ``workers``). No limit is raised: a query the shipped
-        limits refuse is reported as refused."""
+        varies: ``ttl``, ``transport``, ``workers``). A limit is raised only where a scenario
+        says why (``max_upstream_calls``); otherwise a query the shipped limits refuse is
+        reported as refused."""
         lines = []
+        server = []
         if workers is not None:
-            lines += ["[server]", f"workers = {workers}", ""]
+            server.append(f"workers = {workers}")
+        if max_upstream_calls is not None:
+            server.append(f"max_upstream_calls = {max_upstream_calls}")
+        if server:
+            lines += ["[server]", *server, ""]
         lines += ["[cache]", f'backend = "{cache}"']
         if ttl is not None:
             lines.append(f"ttl_seconds = {ttl}")
@@ -293,7 +300,17 @@ def workloads(sb: Sandboxes) -> dict[str, str | list[str]]:
         "single": [gql_body(SINGLE, {"id": n}) for n in names],
         "list": gql_body(LIST),
         "dashboard": gql_body(DASHBOARD),
+        "dashboard_page": gql_body(dashboard_overview(), {"first": 25}),
     }
+
+
+def dashboard_overview() -> str:
+    """The dashboard page's overview document, read from the page's own source."""
+    source = (ROOT / "gateway" / "dashboard" / "queries.js").read_text()
+    found = re.search(r"export const OVERVIEW = `([^`]*)`", source)
+    if found is None:
+        raise RuntimeError("gateway/dashboard/queries.js has no OVERVIEW document")
+    return found.group(1)
 
 
 def list_nodes(payload: dict[str, Any]) -> str | None:
@@ -432,6 +449,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "list_100_cache_off", url, listing, sb, args, expect=list_nodes
                     )
                 if "dashboard" in groups:
+                    # The shipped dashboard's own overview (25 rows), within every default.
+                    results["dashboard_page_cache_off"] = measure(
+                        "dashboard_page_cache_off", url, bodies["dashboard_page"], sb, args
+                    )
+
+        # 2c. The issue's dashboard query: 50 organizations with usage and subscriptions. Its
+        # bound is 57 upstream calls (one listing per provider, one read per organization, two
+        # single-organization providers' own), and it can really make 55: the shipped budget
+        # of 50 refuses it by design. This gateway alone raises the budget, nothing else.
+        if groups & {"dashboard", "fanout", "cached"}:
+            config = sb.config(tmp / "off-budget.toml", cache="none", max_upstream_calls=100)
+            with gateway(config) as (url, _pid):
+                if "dashboard" in groups:
                     results["dashboard_cache_off"] = measure(
                         "dashboard_cache_off", url, dashboard, sb, args
                     )
@@ -452,6 +482,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with gateway(sb.config(tmp / "mem.toml", cache="memory")) as (url, _pid):
                 # The check before each run also fills the cache.
                 results["single_org_cached"] = measure("single_org_cached", url, single, sb, args)
+            config = sb.config(tmp / "mem-budget.toml", cache="memory", max_upstream_calls=100)
+            with gateway(config) as (url, _pid):  # the budget raised as in 2c
                 results["dashboard_cached"] = measure("dashboard_cached", url, dashboard, sb, args)
 
         # 5. Memory: rotate organizations (distinct cache entries) for 10k then 100k requests.
@@ -569,6 +601,7 @@ ROWS = (
     "single_org_cache_off_httpx",
     "single_org_cached",
     "list_100_cache_off",
+    "dashboard_page_cache_off",
     "dashboard_cache_off",
     "dashboard_cached",
     "hive_single_org",
@@ -627,7 +660,8 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
         ),
         _of_bare(
             results,
-            "dashboard query (50 organizations + usage + subscriptions), cache off",
+            "dashboard query (50 organizations + usage + subscriptions), cache off, "
+            "max_upstream_calls raised to 100",
             "dashboard_cache_off",
             0.018,
         ),
