@@ -106,6 +106,11 @@ class Upstreams:
         adapter = self._adapters.get(provider)
         return adapter.circuit_state() if adapter is not None else "CLOSED"
 
+    def call_costs_of(self, provider: ProviderName) -> CallCosts | None:
+        """What the provider's adapter's methods cost in upstream calls (None: not configured)."""
+        adapter = self._adapters.get(provider)
+        return adapter.call_costs if adapter is not None else None
+
     def call_costs(self) -> dict[ProviderName, CallCosts]:
         """What each configured adapter's methods cost in upstream calls."""
         return {name: adapter.call_costs for name, adapter in self._adapters.items()}
