@@ -40,29 +40,25 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.cache import CacheLayer, RequestScope, build_cache, request_key
+from gateway.access import Observed, access_log, log_access
+from gateway.cache import CacheLayer, build_cache, request_key
+from gateway.cache_hit_path import RATE_DECISION_SCOPE_KEY, RESPONSE_MISS_SCOPE_KEY, CacheHitPath
 from gateway.errors import ErrorCode, GatewayError, format_error
 from gateway.execution import Executor
 from gateway.ids import CursorSigner
-from gateway.logs import (
-    ACCESS_LOGGER,
-    RequestIdMiddleware,
-    clean_operation_name,
-    log_fields,
-    register_secrets,
-    request_id,
-    secret_forms,
-)
+from gateway.logs import RequestIdMiddleware, register_secrets, secret_forms
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, request_outcome
-from gateway.ratelimit import TenantRateLimiter, build_rate_limiter
+from gateway.ratelimit import RateLimitDecision, TenantRateLimiter, build_rate_limiter
 from gateway.schema import RequestContext, build_schema
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry, build_telemetry
 from gateway.tenancy import TenantDirectory
 from gateway.transport import (
     GRAPHQL_RESPONSE_JSON,
+    NO_STORE,
     NOT_ACCEPTABLE,
     RequestRejected,
+    cache_headers,
     error_body,
     negotiate,
     read_params,
@@ -83,9 +79,6 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Whether a cacheable query was answered from the whole-response cache (for operators).
 _CACHE_HIT = {"X-OrgGraph-Cache": "hit"}
 _CACHE_MISS = {"X-OrgGraph-Cache": "miss"}
-# Answers depend on the caller's key, and on Accept for their media type.
-_VARY = "Authorization, Accept"
-_NO_STORE = {"Cache-Control": "private, no-store", "Vary": _VARY}
 _DEADLINE_MARGIN_SECONDS = 0.5
 
 
@@ -198,7 +191,7 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
 
 
 def _reject(exc: RequestRejected, media_type: str = "application/json") -> Response:
-    headers = {**_NO_STORE, **exc.headers}
+    headers = {**NO_STORE, **exc.headers}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="orggraph"'
     extensions: dict[str, Any] = {}
@@ -342,18 +335,9 @@ def _persisted_query_hash(extensions: Any) -> str | None:
     return str(persisted["sha256Hash"]).lower()
 
 
-def _cache_headers(max_age: float) -> dict[str, str]:
-    """A response the response cache may reuse may also be reused by the caller's own cache,
-    for as long; it is one tenant's, so never by a shared cache."""
-    seconds = int(max_age)
-    if seconds < 1:
-        return _NO_STORE
-    return {"Cache-Control": f"private, max-age={seconds}", "Vary": _VARY}
-
-
 async def graphql_endpoint(request: Request) -> Response:
     started = time.perf_counter()
-    observed = _Observed()
+    observed = Observed()
     status = 500
     try:
         response = await _graphql(request, observed, started)
@@ -367,11 +351,17 @@ async def graphql_endpoint(request: Request) -> Response:
         raise
     finally:
         # One line per request, whatever became of it; no record is built when it is off.
-        if _access_log.isEnabledFor(logging.INFO):
-            _log_access(request, observed, status, time.perf_counter() - started)
+        if access_log.isEnabledFor(logging.INFO):
+            log_access(
+                request.method,
+                request.scope["path"],
+                observed,
+                status,
+                time.perf_counter() - started,
+            )
 
 
-async def _graphql(request: Request, observed: _Observed, started: float) -> Response:
+async def _graphql(request: Request, observed: Observed, started: float) -> Response:
     runtime: Runtime = request.app.state.runtime
     if (
         request.method == "GET"
@@ -412,7 +402,7 @@ async def _graphql(request: Request, observed: _Observed, started: float) -> Res
 
 
 async def _answer_graphql(
-    request: Request, runtime: Runtime, media_type: str, observed: _Observed, started: float
+    request: Request, runtime: Runtime, media_type: str, observed: Observed, started: float
 ) -> Response:
     try:
         return await _serve_graphql(request, runtime, media_type, observed)
@@ -430,70 +420,8 @@ async def _answer_graphql(
         )
 
 
-@dataclass(slots=True)
-class _Observed:
-    """What the metrics (bounded values only), the trace and the access line say of one
-    /graphql request."""
-
-    operation_type: str = "unknown"
-    outcome: str = "ok"
-    tenant: str = ""
-    operation_name: str | None = None
-    """The operation's name (the document's, else as the client sent it): never a metric
-    label (unbounded), only a trace attribute or log field."""
-    response_cache: str = "none"
-    """The whole-response cache's answer: hit, miss, or none (not asked)."""
-    scope: RequestScope | None = None
-    """The request's upstream scope, once execution is under way (its calls, its cache)."""
-    trace_id: str | None = None
-    """The operation span's trace, when tracing is on: the access line names it."""
-
-
-_access_log = logging.getLogger(ACCESS_LOGGER)
-_NO_UPSTREAM_CACHE: dict[str, int] = {"hit": 0, "miss": 0, "stale": 0}  # never mutated
-
-
-def _log_access(request: Request, observed: _Observed, status: int, seconds: float) -> None:
-    """The access line (``orggraph.access``; README, "Logs"). Built from the gateway's own
-    bounded values, the client's request id and operation name (sanitised; a client can
-    only put there what it already has) and upstream error texts (redacted here, and at
-    their source), so the formatter need not search it whole for secrets."""
-    scope = observed.scope
-    if scope is None:
-        upstream: list[dict[str, Any]] = []
-        dropped = 0
-        layer = _NO_UPSTREAM_CACHE
-    else:
-        upstream, dropped = scope.logged_calls()
-        layer = {"hit": scope.hits, "miss": scope.misses, "stale": scope.stale}
-    method = request.method
-    fields: dict[str, Any] = {
-        "request_id": request_id.get(),
-        "method": method,
-        "tenant": observed.tenant or None,
-        "operation_type": observed.operation_type,
-        "operation_name": clean_operation_name(observed.operation_name),
-        "status": status,
-        "outcome": observed.outcome,
-        "duration_ms": round(seconds * 1000, 3),
-        "cache": {"response": observed.response_cache, "upstream": layer},
-        "upstream": upstream,
-        "upstream_dropped": dropped,
-    }
-    if observed.trace_id is not None:
-        fields["trace_id"] = observed.trace_id
-    log_fields(
-        _access_log,
-        logging.INFO,
-        "%s %s %d %s",
-        (method, request.scope["path"], status, observed.outcome),
-        fields,
-        scrubbed=True,
-    )
-
-
 async def _serve_graphql(
-    request: Request, runtime: Runtime, media_type: str, observed: _Observed
+    request: Request, runtime: Runtime, media_type: str, observed: Observed
 ) -> Response:
     server = runtime.settings.server
     # Under graphql-response+json, a request that never reaches execution answers 4xx; under
@@ -506,7 +434,10 @@ async def _serve_graphql(
 
     observed.tenant = tenant.name
     metrics = runtime.metrics
-    decision = await runtime.rate_limiter.hit(tenant.name)
+    # Counted already when the cache-hit path looked at this request first.
+    decision: RateLimitDecision | None = request.scope.get(RATE_DECISION_SCOPE_KEY)
+    if decision is None:
+        decision = await runtime.rate_limiter.hit(tenant.name)
     if not decision.allowed:
         raise RequestRejected(
             ErrorCode.RATE_LIMITED,
@@ -538,7 +469,7 @@ async def _serve_graphql(
                 return Response(
                     error_body(ErrorCode.PERSISTED_QUERY_NOT_FOUND, "PersistedQueryNotFound"),
                     media_type=media_type,
-                    headers=_NO_STORE,
+                    headers=NO_STORE,
                 )
     if not query or not query.strip():
         raise RequestRejected(ErrorCode.BAD_USER_INPUT, "No GraphQL query was sent", 400)
@@ -549,7 +480,10 @@ async def _serve_graphql(
     cache_key: str | None = None
     if cache.response_cache_enabled and not want_cost and not register:
         cache_key = request_key(tenant.name, query, operation_name, variables)
-        hit = await cache.get_response(cache_key)
+        if request.scope.get(RESPONSE_MISS_SCOPE_KEY) == cache_key:
+            hit = None  # the cache-hit path has just looked it up
+        else:
+            hit = await cache.get_response(cache_key)
         observed.response_cache = "miss" if hit is None else "hit"
         metrics.cache("response", observed.response_cache)
         if hit is not None:
@@ -558,7 +492,7 @@ async def _serve_graphql(
             return Response(
                 body,
                 media_type=media_type,
-                headers={**_CACHE_HIT, **_cache_headers(fresh_for)},
+                headers={**_CACHE_HIT, **cache_headers(fresh_for)},
             )
 
     prepared = executor.prepare(query)
@@ -569,7 +503,7 @@ async def _serve_graphql(
             orjson.dumps(rejected),
             status_code=request_error_status,
             media_type=media_type,
-            headers=_NO_STORE,
+            headers=NO_STORE,
         )
     if register:
         await cache.persist_query(persisted or "", query)
@@ -652,7 +586,7 @@ async def _serve_graphql(
     encoded = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
     status = 200 if started else request_error_status
     if cache_key is None:
-        return Response(encoded, status_code=status, media_type=media_type, headers=_NO_STORE)
+        return Response(encoded, status_code=status, media_type=media_type, headers=NO_STORE)
     ttl = scope.response_ttl() if not errors else 0.0
     if ttl > 0:
         await cache.set_response(cache_key, encoded, scope.dependencies(), ttl)
@@ -660,7 +594,7 @@ async def _serve_graphql(
         encoded,
         status_code=status,
         media_type=media_type,
-        headers={**_CACHE_MISS, **_cache_headers(ttl)},
+        headers={**_CACHE_MISS, **cache_headers(ttl)},
     )
 
 
@@ -690,7 +624,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"}, headers=_NO_STORE)
+    return JSONResponse({"status": "ok"}, headers=NO_STORE)
 
 
 async def readyz(request: Request) -> Response:
@@ -708,11 +642,11 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:
             # The exception's type only: its text may name the Redis URL and its password.
             return _not_ready(f"redis unreachable ({type(exc).__name__})")
-    return JSONResponse({"status": "ready"}, headers=_NO_STORE)
+    return JSONResponse({"status": "ready"}, headers=NO_STORE)
 
 
 def _not_ready(reason: str) -> Response:
-    return JSONResponse({"status": "not ready", "reason": reason}, 503, headers=_NO_STORE)
+    return JSONResponse({"status": "not ready", "reason": reason}, 503, headers=NO_STORE)
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -762,12 +696,34 @@ class LoopbackHostOnly:
         await self.app(scope, receive, send)
 
 
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("the cache-hit path's CORSMiddleware only adds headers")
+
+
 class _GatewayApp(Starlette):
-    """Starlette with ``RequestIdMiddleware`` outside its whole stack: user middleware sits
-    inside Starlette's error handling, and a 500 answer needs the request id too."""
+    """Starlette with ``RequestIdMiddleware`` outside its whole stack (user middleware sits
+    inside Starlette's error handling, and a 500 answer needs the request id too), and the
+    cache-hit path in front of everything for ``POST /graphql`` (``gateway.cache_hit_path``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cache_hits = CacheHitPath()
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestIdMiddleware(super().build_middleware_stack())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == "/graphql"
+            and self.cache_hits.enabled
+        ):
+            replayed = await self.cache_hits.serve(scope, receive, send)
+            if replayed is None:
+                return  # answered from the response cache
+            receive = replayed
+        await super().__call__(scope, receive, send)
 
 
 def settings_secrets(settings: Settings) -> set[str]:
@@ -842,25 +798,34 @@ def create_app(
             stack.push_async_callback(runtime.upstreams.aclose)
             stack.push_async_callback(runtime.cache.close)
             app.state.runtime = runtime
+            assert isinstance(app, _GatewayApp)
+            app.cache_hits.bind(
+                runtime,
+                host_allowed=_is_loopback_host if guard_hosts else None,
+                cors=cors,
+            )
+            stack.callback(app.cache_hits.bind, None)
             yield
 
     if settings is not None:
         register_secrets(settings_secrets(settings))
     middleware: list[Middleware] = []
-    if settings is None or settings.demo:
+    guard_hosts = settings is None or settings.demo
+    if guard_hosts:
         middleware.append(Middleware(LoopbackHostOnly))
     origins = settings.server.cors_origins if settings is not None else ()
+    cors: CORSMiddleware | None = None
     if origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
-                expose_headers=["X-OrgGraph-Cache", "Retry-After", "X-Request-Id"],
-                max_age=600,
-            )
-        )
+        cors_options: dict[str, Any] = {
+            "allow_origins": list(origins),
+            "allow_methods": ["GET", "POST"],
+            "allow_headers": ["Authorization", "Content-Type", "Accept", "X-Request-Id"],
+            "expose_headers": ["X-OrgGraph-Cache", "Retry-After", "X-Request-Id"],
+            "max_age": 600,
+        }
+        middleware.append(Middleware(CORSMiddleware, **cors_options))
+        # The cache-hit path adds the headers through the same code: its ``send``.
+        cors = CORSMiddleware(_no_app, **cors_options)
     # With metrics_port, /metrics is served on that port only (create_metrics_app).
     serve_metrics = settings is None or (
         settings.server.metrics and settings.server.metrics_port is None

@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -60,6 +61,9 @@ __all__ = [
     "RequestScope",
     "StaleRead",
     "build_cache",
+    "request_digest",
+    "request_key",
+    "response_key",
 ]
 
 logger = logging.getLogger("orggraph.cache")
@@ -91,6 +95,18 @@ class _BoundedMemoryCache(SimpleMemoryCache):
     def __init__(self, max_entries: int) -> None:
         super().__init__(serializer=NullSerializer(), timeout=None)
         self._max_entries = max_entries
+        # aiocache's switch for its tests, honoured by ``peek`` too (read once: nothing sets
+        # it while a gateway runs).
+        self._disabled = os.getenv("AIOCACHE_DISABLE") == "1"
+
+    def peek(self, key: str) -> Any:
+        """``await get(key)`` without awaiting: what aiocache's ``get`` returns for this store
+        (no namespace, no serializer, no plugins, no timeout), without its four wrappers, an
+        environment lookup, three clock reads and a debug call: measured 2.35 µs against
+        0.04 µs (one core, in a loop), on every whole-response and upstream lookup."""
+        if self._disabled:
+            return None
+        return self._cache.get(key)
 
     async def _set(
         self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None
@@ -126,6 +142,11 @@ class CacheStore:
         self._backend = backend
         self.name = name
         self._last_warning = 0.0
+        self.peek: Callable[[str], Any] | None = (
+            backend.peek if isinstance(backend, _BoundedMemoryCache) else None
+        )
+        """A synchronous ``get`` when the store lives in this process (memory); None when
+        reading it needs a round trip (Redis) or there is no store."""
 
     @property
     def enabled(self) -> bool:
@@ -143,6 +164,8 @@ class CacheStore:
             )
 
     async def get(self, key: str) -> Any:
+        if self.peek is not None:
+            return self.peek(key)
         if self._backend is None:
             return None
         try:
@@ -371,6 +394,12 @@ class CacheLayer:
 
     # ------------------------------------------------------------------ whole responses
 
+    @property
+    def local_responses(self) -> bool:
+        """Whether ``peek_response`` can answer: whole responses and their generations both
+        live in this process (the memory backend)."""
+        return self.store.peek is not None and self._local_generations is not None
+
     async def get_response(self, key: str) -> tuple[bytes, float] | None:
         """A stored response still valid for every generation it was built from, with the
         seconds it stays fresh."""
@@ -382,15 +411,21 @@ class CacheLayer:
             current = await self.generations([(p, c) for p, c, _ in deps])
             if any(g != now for (_, _, g), now in zip(deps, current, strict=True)):
                 return None
-        # Stores keep entries whole seconds (Redis' unit), rounded up; the data's own end
-        # is "until", and past it the answer is stale.
-        fresh_for = float(entry.get("until", 0.0)) - time.time()
-        body = entry.get("body")
-        if isinstance(body, str):
-            body = body.encode()
-        if not isinstance(body, bytes) or fresh_for <= 0:
+        return _fresh_response(entry)
+
+    def peek_response(self, key: str) -> tuple[bytes, float] | None:
+        """``get_response`` without awaiting, when ``local_responses``: the same checks on the
+        same entry. (Entries of the memory store are the dicts ``set_response`` wrote, with
+        ``deps`` as tuples of provider value, credential id and generation.)"""
+        assert self.store.peek is not None and self._local_generations is not None
+        entry = self.store.peek(key)
+        if not isinstance(entry, Mapping):
             return None
-        return body, fresh_for
+        generations = self._local_generations
+        for provider, credentials, generation in entry.get("deps", ()):
+            if generations.get((ProviderName(provider), credentials), 0) != generation:
+                return None
+        return _fresh_response(entry)
 
     async def set_response(
         self, key: str, body: bytes, deps: list[tuple[ProviderName, str, int]], ttl: float
@@ -450,6 +485,19 @@ class CacheLayer:
                 await client.decrby(_APQ_BYTES, len(query))  # already registered
         except Exception as exc:
             self.store._failed("set", exc)
+
+
+def _fresh_response(entry: Mapping[str, Any]) -> tuple[bytes, float] | None:
+    """A stored response's body and the seconds it stays fresh; None once it is stale."""
+    # Stores keep entries whole seconds (Redis' unit), rounded up; the data's own end
+    # is "until", and past it the answer is stale.
+    fresh_for = float(entry.get("until", 0.0)) - time.time()
+    body = entry.get("body")
+    if isinstance(body, str):
+        body = body.encode()
+    if not isinstance(body, bytes) or fresh_for <= 0:
+        return None
+    return body, fresh_for
 
 
 def build_cache(
@@ -673,12 +721,23 @@ class RequestScope(CallMemo):
         return response
 
 
-def request_key(tenant: str, query: str, operation_name: str | None, variables: Any) -> str:
-    """Whole-response cache key: tenant + document hash + operation + canonical variables."""
+def request_digest(query: str, operation_name: str | None, variables: Any) -> str:
+    """The request's part of its whole-response cache key: document hash + operation +
+    canonical variables (the same for every tenant)."""
     digest = hashlib.sha256()
     digest.update(query.encode())
     digest.update(b"\0")
     digest.update((operation_name or "").encode())
     digest.update(b"\0")
     digest.update(orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS))
-    return f"og:r:{tenant}:{digest.hexdigest()[:48]}"
+    return digest.hexdigest()[:48]
+
+
+def response_key(tenant: str, digest: str) -> str:
+    """Whole-response cache key of ``tenant``'s request with that ``request_digest``."""
+    return f"og:r:{tenant}:{digest}"
+
+
+def request_key(tenant: str, query: str, operation_name: str | None, variables: Any) -> str:
+    """Whole-response cache key: tenant + document hash + operation + canonical variables."""
+    return response_key(tenant, request_digest(query, operation_name, variables))

@@ -52,6 +52,7 @@ __all__ = [
     "ACCESS_LOGGER",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "REQUEST_ID_SCOPE_KEY",
     "JsonFormatter",
     "LineHandler",
     "RequestIdMiddleware",
@@ -61,6 +62,7 @@ __all__ = [
     "log_fields",
     "logging_config",
     "new_request_id",
+    "pick_request_id",
     "redact",
     "register_secrets",
     "request_id",
@@ -125,6 +127,21 @@ def new_request_id() -> str:
     return _ids.next()
 
 
+REQUEST_ID_SCOPE_KEY = "orggraph.request_id"
+"""Where a request's id, once picked (``pick_request_id``), waits in its ASGI scope: the
+cache-hit path picks it before the request may fall through to ``RequestIdMiddleware``, which
+then keeps it, so every line of one request names one id."""
+
+
+def pick_request_id(sent: bytes | None) -> tuple[str, bytes]:
+    """The id of a request whose (first) ``X-Request-Id`` header is ``sent``: that value when it
+    is 1-128 characters of ``[A-Za-z0-9._:-]``, else a fresh one; as text and as header bytes."""
+    if sent is not None and _CLIENT_REQUEST_ID.fullmatch(sent):
+        return sent.decode("ascii"), sent
+    text = new_request_id()
+    return text, text.encode()
+
+
 class RequestIdMiddleware:
     """Pure ASGI (Starlette's ``BaseHTTPMiddleware`` costs a task and a stream per request):
     picks the request id, sets ``request_id`` while the app runs, and adds ``X-Request-Id`` to
@@ -140,17 +157,15 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == _HEADER:
-                if _CLIENT_REQUEST_ID.fullmatch(value):
-                    raw = value
-                break  # only the first: a second one is not ours to pick from
-        if raw is None:
-            text = new_request_id()
-            raw = text.encode()
-        else:
-            text = raw.decode("ascii")
+        picked: tuple[str, bytes] | None = scope.get(REQUEST_ID_SCOPE_KEY)
+        if picked is None:
+            sent: bytes | None = None
+            for name, value in scope["headers"]:
+                if name == _HEADER:
+                    sent = value
+                    break  # only the first: a second one is not ours to pick from
+            picked = pick_request_id(sent)
+        text, raw = picked
         header = (_HEADER, raw)
         started = False
 

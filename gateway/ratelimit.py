@@ -54,6 +54,10 @@ class TenantRateLimiter:
     def enabled(self) -> bool:
         return bool(self._items)
 
+    def limits(self, tenant: str) -> bool:
+        """Whether ``tenant`` has any limit (else ``hit`` always allows, without a count)."""
+        return tenant in self._items
+
     async def hit(self, tenant: str) -> RateLimitDecision:
         """Count one request of ``tenant`` unless that would go over any of its limits."""
         items = self._items.get(tenant)

@@ -1,8 +1,13 @@
 """Who is calling: the gateway API key in ``Authorization: Bearer`` → a configured tenant.
 
-Keys are stored only as SHA-256 digests (``sha256:<hex>`` in the config). Every lookup compares
-the presented key's digest against every configured digest with ``hmac.compare_digest`` and
-without an early exit, so timing reveals neither which tenant matched nor how much of a digest did.
+Keys are stored only as SHA-256 digests (``sha256:<hex>`` in the config). A key not seen
+before is compared, as its digest, against every configured digest with ``hmac.compare_digest``
+and without an early exit, so timing reveals neither which tenant matched nor how much of a
+digest did. An ``Authorization`` header that authenticated is then remembered as it was sent
+(``REMEMBERED_HEADERS``), so a client's later requests cost one dict lookup instead of a hash and
+a comparison per configured key. Only whole headers that authenticated are remembered: a
+wrong key never matches an entry and always takes the comparison, so the memo lets timing tell
+an attacker nothing about a key they do not already hold.
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.settings import TenantSettings
 from providers.base import ProviderCredentials, ProviderName
 
-__all__ = ["Tenant", "TenantDirectory", "hash_api_key"]
+__all__ = ["REMEMBERED_HEADERS", "Tenant", "TenantDirectory", "hash_api_key"]
+
+REMEMBERED_HEADERS = 1024
+"""Bound on the remembered headers. Only headers that authenticated are kept, so they are
+bounded anyway by the configured keys times the ways their holders spell the header ("Bearer"
+or "bearer", spaces); past the bound the memo starts again, which only costs the comparisons."""
 
 
 class Tenant:
@@ -43,6 +53,7 @@ class TenantDirectory:
     def __init__(self, tenants: Sequence[TenantSettings]) -> None:
         self._entries: list[tuple[bytes, Tenant]] = []
         self._open: Tenant | None = None
+        self._remembered: dict[str, Tenant] = {}
         for settings in tenants:
             tenant = Tenant(settings.name, settings.credentials)
             if settings.open_access:
@@ -58,6 +69,10 @@ class TenantDirectory:
         """The tenant for an ``Authorization`` header, or ``GatewayError(UNAUTHENTICATED)``."""
         if self._open is not None:
             return self._open
+        if authorization is not None:
+            remembered = self._remembered.get(authorization)
+            if remembered is not None:
+                return remembered
         if not authorization:
             raise GatewayError(
                 ErrorCode.UNAUTHENTICATED,
@@ -77,4 +92,7 @@ class TenantDirectory:
                 found = tenant
         if found is None:
             raise GatewayError(ErrorCode.UNAUTHENTICATED, "Unknown gateway API key")
+        if len(self._remembered) >= REMEMBERED_HEADERS:
+            self._remembered.clear()
+        self._remembered[authorization] = found
         return found

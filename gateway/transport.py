@@ -22,9 +22,13 @@ from gateway.errors import ErrorCode
 
 __all__ = [
     "GRAPHQL_RESPONSE_JSON",
+    "JSON",
     "NOT_ACCEPTABLE",
+    "NO_STORE",
+    "VARY",
     "GraphQLParams",
     "RequestRejected",
+    "cache_headers",
     "error_body",
     "json_depth_exceeds",
     "negotiate",
@@ -37,6 +41,9 @@ NOT_ACCEPTABLE = ""
 MAX_VARIABLES_DEPTH = 32
 """Our input types nest two levels; 32 leaves room for any client while keeping far from the
 recursion limits of the JSON encoders that variables go through."""
+VARY = "Authorization, Accept"
+"""Answers depend on the caller's key, and on Accept for their media type."""
+NO_STORE = {"Cache-Control": "private, no-store", "Vary": VARY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,15 @@ def error_body(code: ErrorCode | str, message: str, **extensions: Any) -> bytes:
     return orjson.dumps(
         {"errors": [{"message": message, "extensions": {"code": value, **extensions}}]}
     )
+
+
+def cache_headers(max_age: float) -> dict[str, str]:
+    """A response the response cache may reuse may also be reused by the caller's own cache,
+    for as long; it is one tenant's, so never by a shared cache."""
+    seconds = int(max_age)
+    if seconds < 1:
+        return NO_STORE
+    return {"Cache-Control": f"private, max-age={seconds}", "Vary": VARY}
 
 
 def _media_ranges(accept: str) -> list[tuple[str, float]]:
