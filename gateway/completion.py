@@ -65,13 +65,30 @@ def inline_leaf_fields(schema: GraphQLSchema) -> LeafTable:
             return_type = field.type
             non_null = isinstance(return_type, GraphQLNonNull)
             named = return_type.of_type if non_null else return_type
-            if isinstance(named, GraphQLScalarType | GraphQLEnumType):
+            if isinstance(named, GraphQLEnumType):
+                leaves[field_name] = _Leaf(definition.python_name, _enum_names(named), non_null)
+            elif isinstance(named, GraphQLScalarType):
                 leaves[field_name] = _Leaf(
                     definition.python_name, named.coerce_output_value, non_null
                 )
         if leaves:
             table[graphql_type] = leaves
     return table
+
+
+def _enum_names(enum: GraphQLEnumType) -> Callable[[Any], Any]:
+    """The enum's output coercion for our Python enum members, by dict: strawberry's
+    compares the value with each of the enum's values in turn. Anything else is None, so the
+    field takes graphql-core's path (and the enum type's own coercion) instead."""
+    members = getattr(enum, "wrapped_cls", None)
+    if members is None:
+        return enum.coerce_output_value
+    names = {members(value.value): name for name, value in enum.values.items()}
+
+    def coerce(value: Any) -> Any:
+        return names.get(value) if type(value) is members else None
+
+    return coerce
 
 
 # Types seen by is_awaitable, and whether their instances are: the program's own classes and

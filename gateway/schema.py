@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any, cast
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, GraphQLObjectType, GraphQLResolveInfo, GraphQLSchema
 from strawberry.scalars import JSON
 from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
@@ -101,57 +101,48 @@ class RequestContext:
             if self.tenant.credentials_for(p) is not None and self.upstreams.configured(p)
         ]
 
-    def add_upstream_error(self, error: UpstreamError, info: Info) -> None:
+    def add_upstream_error(self, error: UpstreamError, info: Info | GraphQLResolveInfo) -> None:
         self.errors.append(upstream_graphql_error(error, info.path.as_list()))
 
     def prefetch(self, org: OrganizationRecord, *, usage: bool, subscriptions: bool) -> None:
-        """Start the per-organization reads the query will ask for; resolvers await them."""
+        """Start the per-organization reads the query will ask for that call the upstream;
+        resolvers take them with ``ready`` (or await them). A read the adapter derives from
+        the record is not started here: ``ready`` runs it when asked."""
         creds = self.tenant.credentials_for(org.provider)
         costs = self.upstreams.call_costs_of(org.provider)
         if creds is None or costs is None:
             return
-        if usage:
-            self._start(
-                _key("usage", org),
-                lambda: self.upstreams.get_usage(creds, org),
-                derived=costs.usage == 0,
-            )
-        if subscriptions:
-            self._start(
-                _key("subscriptions", org),
-                lambda: self.upstreams.list_subscriptions(creds, org),
-                derived=costs.subscriptions == 0,
-            )
+        if usage and costs.usage:
+            self._start(_key("usage", org), self.upstreams.get_usage(creds, org))
+        if subscriptions and costs.subscriptions:
+            self._start(_key("subscriptions", org), self.upstreams.list_subscriptions(creds, org))
 
-    def _start(
-        self,
-        key: tuple[str, ProviderName, str],
-        read: Callable[[], Coroutine[Any, Any, Any]],
-        *,
-        derived: bool,
-    ) -> None:
-        """``derived``: the adapter makes no upstream call for this read (its ``CallCosts``
-        say 0), it derives it from the organization record. Such a read runs to its end here,
-        in this step, instead of in a task: a dashboard page of LOKE organizations started 98
-        tasks per request that each returned at once, ~15% of the request's time in py-spy
-        (bench/RESULTS.md). Should one wait on anything after all, it is dropped and started
-        again as a task; it has called no upstream, so nothing happens twice."""
+    def _start(self, key: tuple[str, ProviderName, str], call: Any) -> None:
         if key in self.prefetched:
+            call.close()
             return
-        if derived:
-            future = _run_in_place(read)
-            if future is not None:
-                self.prefetched[key] = future
-                return
-        task = asyncio.ensure_future(read())
+        task = asyncio.ensure_future(call)
         # A failure is reported by the resolver that awaits it; never "never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self.prefetched[key] = task
 
-    def finished(self, kind: str, org: OrganizationRecord) -> asyncio.Future[Any] | None:
-        """The prefetched read ``kind`` of ``org`` when it has finished, else None."""
+    def ready(self, kind: str, org: OrganizationRecord) -> asyncio.Future[Any] | None:
+        """The read ``kind`` ("usage" or "subscriptions") of ``org`` as a finished future, or
+        None when it has yet to finish: a prefetched read once it has, and a read that makes
+        no upstream call (``CallCosts`` 0: the adapter derives it from the record) run to its
+        end here. Run as a task instead, such reads cost a dashboard page of LOKE
+        organizations 98 tasks per request that each returned at once, ~15% of its time in
+        py-spy (bench/RESULTS.md)."""
         task = self.prefetched.get(_key(kind, org))
-        return task if task is not None and task.done() else None
+        if task is not None:
+            return task if task.done() else None
+        costs = self.upstreams.call_costs_of(org.provider)
+        if costs is None or (costs.usage if kind == "usage" else costs.subscriptions):
+            return None
+        creds = self.credentials(org.provider)
+        if kind == "usage":
+            return _run_in_place(self.upstreams.get_usage(creds, org))
+        return _run_in_place(self.upstreams.list_subscriptions(creds, org))
 
     async def settle_prefetched(self) -> None:
         """Wait until every read started by ``prefetch`` has finished (failures included)."""
@@ -174,9 +165,10 @@ class RequestContext:
         return await self.upstreams.list_subscriptions(self.credentials(org.provider), org)
 
 
-def _run_in_place(read: Callable[[], Coroutine[Any, Any, Any]]) -> asyncio.Future[Any] | None:
-    """The finished future of ``read()`` run to its end at once; None when it would wait."""
-    call = read()
+def _run_in_place(call: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
+    """The finished future of ``call`` run to its end at once; None when it would wait:
+    ``call`` is then closed and the caller awaits a new one. Only reads that make no upstream
+    call come here, so the closed one cannot have sent anything."""
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     try:
         call.send(None)
@@ -351,6 +343,111 @@ class SubscriptionConnection:
     nodes: list[Subscription]
 
 
+# An organization's usage and subscriptions answer at once from a read that has finished (a
+# page of organizations settles its prefetched reads before it returns), and with an awaitable
+# otherwise, which graphql-core awaits: declared async, every organization of a page cost a
+# coroutine, a task and a gather in graphql-core, ~30% of a dashboard query's time. They take
+# graphql-core's info as well as strawberry's (``_DIRECT_RESOLVERS``): both have the context and
+# the path, all they read.
+ResolveInfo = Info | GraphQLResolveInfo
+
+
+def _organization_subscriptions(
+    root: Organization,
+    info: Info,
+    first: int | None = 20,
+    after: str | None = strawberry.UNSET,
+    status: list[SubscriptionStatusEnum] | None = strawberry.UNSET,  # type: ignore[valid-type]
+) -> SubscriptionConnection:
+    return _subscriptions(root, info, first, after, status)
+
+
+def _subscriptions(
+    root: Organization,
+    info: ResolveInfo,
+    first: int | None = 20,
+    after: str | None = None,
+    status: list[SubscriptionStatus] | None = None,
+) -> SubscriptionConnection:
+    first = _check_first(first)
+    start = decode_index_cursor("s", after) + 1 if after else 0
+    ctx: RequestContext = info.context
+    org = root._record
+    ctx.credentials(org.provider)  # FORBIDDEN when the tenant has none
+    wanted = frozenset(status) if status else None
+    finished = ctx.ready("subscriptions", org)
+    if finished is None:
+        return cast(
+            SubscriptionConnection, _subscriptions_later(ctx, info, org, first, start, wanted)
+        )
+    try:
+        records = finished.result()
+    except UpstreamError as exc:
+        # The connection is non-null: an empty page plus the error keeps the organization.
+        ctx.add_upstream_error(exc, info)
+        records = ()
+    return _subscription_page(org, records, first, start, wanted)
+
+
+async def _subscriptions_later(
+    ctx: RequestContext,
+    info: ResolveInfo,
+    org: OrganizationRecord,
+    first: int,
+    start: int,
+    wanted: frozenset[SubscriptionStatus] | None,
+) -> SubscriptionConnection:
+    try:
+        records = await ctx.subscriptions_of(org)
+    except UpstreamError as exc:
+        ctx.add_upstream_error(exc, info)
+        records = ()
+    return _subscription_page(org, records, first, start, wanted)
+
+
+def _subscription_page(
+    org: OrganizationRecord,
+    records: tuple[SubscriptionRecord, ...],
+    first: int,
+    start: int,
+    wanted: frozenset[SubscriptionStatus] | None,
+) -> SubscriptionConnection:
+    matching = [r for r in records if wanted is None or r.status in wanted]
+    window = matching[start : start + first]
+    edges = [
+        SubscriptionEdge(node=Subscription.from_record(r, org), _index=start + i)
+        for i, r in enumerate(window)
+    ]
+    return SubscriptionConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=start + first < len(matching),
+            has_previous_page=start > 0,
+            start_cursor=_subscription_cursor(edges[0]) if edges else None,
+            end_cursor=_subscription_cursor(edges[-1]) if edges else None,
+        ),
+        nodes=[edge.node for edge in edges],
+    )
+
+
+def _organization_usage(root: Organization, info: Info) -> Usage | None:
+    return _usage(root, info)
+
+
+def _usage(root: Organization, info: ResolveInfo) -> Usage | None:
+    ctx: RequestContext = info.context
+    finished = ctx.ready("usage", root._record)
+    if finished is None:
+        return cast(Usage | None, _usage_later(ctx, root._record))
+    record: UsageRecord | None = finished.result()
+    return Usage.from_record(record) if record is not None else None
+
+
+async def _usage_later(ctx: RequestContext, org: OrganizationRecord) -> Usage | None:
+    record = await ctx.usage_of(org)
+    return Usage.from_record(record) if record is not None else None
+
+
 def _organization_id(root: Organization) -> strawberry.ID:
     return strawberry.ID(encode_node_id(NodeRef("Organization", root.provider, root.provider_id)))
 
@@ -398,86 +495,14 @@ class Organization(Node):
             _record=record,
         )
 
-    # usage and subscriptions answer at once from a read that has finished (a page of
-    # organizations settles its prefetched reads before it returns), and with an awaitable
-    # otherwise, which graphql-core awaits: declared async, every organization of a page cost
-    # a coroutine, a task and a gather in graphql-core, ~30% of a dashboard query's time.
-    @strawberry.field(description="Billing subscriptions, in the provider's order.")
-    def subscriptions(
-        self,
-        info: Info,
-        first: int | None = 20,
-        after: str | None = strawberry.UNSET,
-        status: list[SubscriptionStatusEnum] | None = strawberry.UNSET,  # type: ignore[valid-type]
-    ) -> SubscriptionConnection:
-        first = _check_first(first)
-        start = decode_index_cursor("s", after) + 1 if after else 0
-        ctx = _context(info)
-        ctx.credentials(self._record.provider)  # FORBIDDEN when the tenant has none
-        wanted = frozenset(status) if status else None
-        finished = ctx.finished("subscriptions", self._record)
-        if finished is None:
-            later = self._subscriptions_later(ctx, info, first, start, wanted)
-            return cast(SubscriptionConnection, later)
-        try:
-            records = finished.result()
-        except UpstreamError as exc:
-            # The connection is non-null: an empty page plus the error keeps the organization.
-            ctx.add_upstream_error(exc, info)
-            records = ()
-        return self._subscription_page(records, first, start, wanted)
-
-    async def _subscriptions_later(
-        self,
-        ctx: RequestContext,
-        info: Info,
-        first: int,
-        start: int,
-        wanted: frozenset[SubscriptionStatus] | None,
-    ) -> SubscriptionConnection:
-        try:
-            records = await ctx.subscriptions_of(self._record)
-        except UpstreamError as exc:
-            ctx.add_upstream_error(exc, info)
-            records = ()
-        return self._subscription_page(records, first, start, wanted)
-
-    def _subscription_page(
-        self,
-        records: tuple[SubscriptionRecord, ...],
-        first: int,
-        start: int,
-        wanted: frozenset[SubscriptionStatus] | None,
-    ) -> SubscriptionConnection:
-        matching = [r for r in records if wanted is None or r.status in wanted]
-        window = matching[start : start + first]
-        edges = [
-            SubscriptionEdge(node=Subscription.from_record(r, self._record), _index=start + i)
-            for i, r in enumerate(window)
-        ]
-        return SubscriptionConnection(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=start + first < len(matching),
-                has_previous_page=start > 0,
-                start_cursor=_subscription_cursor(edges[0]) if edges else None,
-                end_cursor=_subscription_cursor(edges[-1]) if edges else None,
-            ),
-            nodes=[edge.node for edge in edges],
-        )
-
-    @strawberry.field(description="Usage figures; null where the provider exposes none.")
-    def usage(self, info: Info) -> Usage | None:
-        ctx = _context(info)
-        finished = ctx.finished("usage", self._record)
-        if finished is None:
-            return cast(Usage | None, self._usage_later(ctx))
-        record: UsageRecord | None = finished.result()
-        return Usage.from_record(record) if record is not None else None
-
-    async def _usage_later(self, ctx: RequestContext) -> Usage | None:
-        record = await ctx.usage_of(self._record)
-        return Usage.from_record(record) if record is not None else None
+    subscriptions: SubscriptionConnection = strawberry.field(
+        resolver=_organization_subscriptions,
+        description="Billing subscriptions, in the provider's order.",
+    )
+    usage: Usage | None = strawberry.field(
+        resolver=_organization_usage,
+        description="Usage figures; null where the provider exposes none.",
+    )
 
 
 def _organization_cursor(root: OrganizationEdge) -> str:
@@ -850,10 +875,48 @@ def print_sdl(schema: strawberry.Schema) -> str:
     return "schema {\n" + "\n".join(roots) + "\n}\n\n" + schema.as_str() + "\n"
 
 
-def build_schema(*, extensions: list[Any] | None = None) -> strawberry.Schema:
-    return _Schema(
+def _direct_usage(source: Organization, info: GraphQLResolveInfo) -> Usage | None:
+    return _usage(source, info)
+
+
+def _direct_subscriptions(
+    source: Organization,
+    info: GraphQLResolveInfo,
+    first: int | None = 20,
+    after: str | None = None,
+    status: list[SubscriptionStatus] | None = None,
+) -> SubscriptionConnection:
+    return _subscriptions(source, info, first, after, status)
+
+
+_DIRECT_RESOLVERS: dict[tuple[str, str], Any] = {
+    ("Organization", "usage"): _direct_usage,
+    ("Organization", "subscriptions"): _direct_subscriptions,
+}
+"""graphql-core resolvers for the fields every organization of a page resolves, in place of
+strawberry's wrappers: those build a strawberry ``Info`` and convert every argument again
+(graphql-core has coerced them, enums to our members included), ~10% of a dashboard query's
+time in py-spy for two calls of a few microseconds each. Same functions, same arguments."""
+
+
+def _install_direct_resolvers(schema: GraphQLSchema) -> None:
+    for (type_name, field_name), resolve in _DIRECT_RESOLVERS.items():
+        graphql_type = schema.type_map[type_name]
+        assert isinstance(graphql_type, GraphQLObjectType)
+        graphql_type.fields[field_name].resolve = resolve
+
+
+def build_schema(
+    *, extensions: list[Any] | None = None, direct_resolvers: bool = True
+) -> strawberry.Schema:
+    """The schema; ``direct_resolvers=False`` keeps strawberry's resolvers everywhere (the
+    reference tests/test_completion.py compares with)."""
+    schema = _Schema(
         query=Query,
         mutation=Mutation,
         types=[Organization, Subscription],
         extensions=extensions or [],
     )
+    if direct_resolvers:
+        _install_direct_resolvers(schema._schema)
+    return schema
