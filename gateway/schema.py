@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -597,7 +597,9 @@ class _Walk:
     """Up to ``first`` organizations of one provider from a starting position, each with the
     page cursor and index its own cursor will name; ``more`` when the provider has others."""
 
-    items: list[tuple[str | None, int, OrganizationRecord]] = field(default_factory=list)
+    items: list[tuple[str | None, int, Sequence[OrganizationRecord]]] = field(default_factory=list)
+    """(page cursor, index, page): records are read from their page only once they are
+    certain to be shown (``OrganizationRecords`` normalises them then)."""
     more: bool = False
 
 
@@ -614,7 +616,7 @@ async def _walk(
     while page is not None:
         organizations = page.organizations
         while index < len(organizations) and len(walk.items) < first:
-            walk.items.append((page_cursor, index, organizations[index]))
+            walk.items.append((page_cursor, index, organizations))
             index += 1
         if len(walk.items) == first or page.next_cursor is None:
             walk.more = index < len(organizations) or page.next_cursor is not None
@@ -622,6 +624,27 @@ async def _walk(
         page_cursor, index = page.next_cursor, 0
         page = await _fetch_page(ctx, info, provider, page_cursor)
     return walk
+
+
+def _records(
+    ctx: RequestContext,
+    info: Info,
+    items: list[tuple[str | None, int, Sequence[OrganizationRecord]]],
+) -> list[tuple[str | None, int, OrganizationRecord]]:
+    """The records ``items`` point at. A page holding one that does not normalise fails
+    whole, as a page that failed to arrive: its provider contributes the items of the pages
+    before it, and the error is reported."""
+    taken: list[tuple[str | None, int, OrganizationRecord]] = []
+    page_start = 0
+    try:
+        for page_cursor, index, page in items:
+            if taken and page is not items[len(taken) - 1][2]:
+                page_start = len(taken)
+            taken.append((page_cursor, index, page[index]))
+    except UpstreamError as exc:
+        ctx.add_upstream_error(exc, info)
+        del taken[page_start:]
+    return taken
 
 
 async def resolve_organizations(
@@ -678,7 +701,11 @@ async def resolve_organizations(
         for i, provider in enumerate(remaining):
             walk = await walks[i]
             room = first - len(edges)
-            for page_cursor, index, record in walk.items[:room]:
+            taken = _records(ctx, info, walk.items[:room])
+            if len(taken) < min(room, len(walk.items)):
+                walk.more = False  # a page did not normalise: its provider stops there
+                walk.items = walk.items[: len(taken)]
+            for page_cursor, index, record in taken:
                 ctx.prefetch(record, usage=want_usage, subscriptions=want_subscriptions)
                 edges.append(
                     OrganizationEdge(

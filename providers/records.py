@@ -6,16 +6,17 @@ Plain typed objects with no GraphQL in them (``OrganizationRecord``, ``Subscript
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, overload
 
 __all__ = [
     "CallCosts",
     "OrganizationPage",
     "OrganizationRecord",
+    "OrganizationRecords",
     "OrganizationStatus",
     "OrganizationUpdate",
     "ProviderName",
@@ -139,8 +140,57 @@ class OrganizationPage:
     URL the upstream gave) to pass back to ``list_organizations``; ``None`` on the last page.
     """
 
-    organizations: tuple[OrganizationRecord, ...]
+    organizations: Sequence[OrganizationRecord]
     next_cursor: str | None = None
+
+
+class OrganizationRecords(Sequence[OrganizationRecord]):
+    """The organizations of one upstream page, each normalised when it is first read.
+
+    A list merges providers' pages that are all fetched at once, so most of a page is often
+    never shown: a dashboard's 50 organizations read PlanetScale's and Upsun's first pages
+    whole and used none of them, and normalising those cost ~7% of the query in py-spy
+    (bench/RESULTS.md). An item that does not normalise raises ``BadUpstreamResponse`` when it
+    is read, as the whole page did when it was normalised on arrival."""
+
+    __slots__ = ("_items", "_normalise", "_records")
+
+    def __init__(
+        self, items: Sequence[Any], normalise: Callable[[Any], OrganizationRecord]
+    ) -> None:
+        self._items = items
+        self._normalise = normalise
+        self._records: list[OrganizationRecord | None] = [None] * len(items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> OrganizationRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[OrganizationRecord, ...]: ...
+
+    def __getitem__(
+        self, index: int | slice
+    ) -> OrganizationRecord | tuple[OrganizationRecord, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self._items))))
+        record = self._records[index]
+        if record is None:
+            record = self._records[index] = self._normalise(self._items[index])
+        return record
+
+    def __iter__(self) -> Iterator[OrganizationRecord]:
+        return (self[i] for i in range(len(self._items)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside; never a dict key
+
+    def __repr__(self) -> str:
+        return f"OrganizationRecords({len(self._items)} items)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

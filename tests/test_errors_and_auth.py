@@ -6,6 +6,7 @@ the gateway is called with real keys, wrong keys and broken requests.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
@@ -135,6 +136,27 @@ def test_one_failing_provider_never_hides_the_others(
         assert error["extensions"]["retryAfter"] == 1
     for leaked in ("this is not json", "unexpected", "bad gateway", "Traceback"):
         assert leaked not in response.text
+
+
+def test_a_broken_organization_fails_its_page_only_once_it_is_shown(gw: Deployment) -> None:
+    # Organizations are normalised when a page shows them (providers.base.OrganizationRecords):
+    # a broken one fails its page then, as a broken page does, and costs nothing before.
+    body = json.dumps([{"id": "lk-1", "name": "Shown"}, {"name": "No id"}])
+    gw.sandboxes[ProviderName.LOKE].fault(body=body, path_prefix=ORG_LIST_PATHS[ProviderName.LOKE])
+    first_only = gw.query(
+        "{ organizations(first: 1, providers: [LOKE]) { nodes { providerId name } } }"
+    ).json()
+    assert first_only == {
+        "data": {"organizations": {"nodes": [{"providerId": "lk-1", "name": "Shown"}]}}
+    }
+    both = gw.query(
+        "{ organizations(first: 5, providers: [LOKE, PLANETSCALE]) { nodes { provider } } }"
+    ).json()
+    assert {n["provider"] for n in both["data"]["organizations"]["nodes"]} == {"PLANETSCALE"}
+    (error,) = both["errors"]
+    assert error["extensions"]["code"] == "BAD_UPSTREAM_RESPONSE"
+    assert error["extensions"]["provider"] == "LOKE"
+    assert error["path"] == ["organizations"]
 
 
 def test_failing_usage_is_null_with_error_and_failing_subscriptions_keep_the_org(

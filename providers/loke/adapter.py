@@ -35,6 +35,7 @@ from providers.base import (
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
+    OrganizationRecords,
     OrganizationStatus,
     OrganizationUpdate,
     ProviderCredentials,
@@ -198,7 +199,7 @@ class LokeAdapter:
         else:
             url = page_link(self.settings.base_url, _LIST_PATH, cursor, _PROVIDER)
         response = await self._get(credentials, url, _organization_list)
-        organizations = tuple(_organization(item) for item in _organization_list(response.body))
+        organizations = OrganizationRecords(_organization_list(response.body), _organization)
         return OrganizationPage(organizations=organizations, next_cursor=self._next(response))
 
     def _next(self, response: UpstreamResponse) -> str | None:

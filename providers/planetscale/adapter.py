@@ -34,6 +34,7 @@ from providers.base import (
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
+    OrganizationRecords,
     OrganizationStatus,
     OrganizationUpdate,
     ProviderCredentials,
@@ -211,7 +212,7 @@ class PlanetScaleAdapter:
         )
         body = response.body
         return OrganizationPage(
-            organizations=tuple(_organization(item) for item in _list_items(body)),
+            organizations=OrganizationRecords(_list_items(body), _organization),
             next_cursor=self._next_link(response, body),
         )
 

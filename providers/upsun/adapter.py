@@ -56,6 +56,7 @@ from providers.base import (
     OperationUnsupported,
     OrganizationPage,
     OrganizationRecord,
+    OrganizationRecords,
     OrganizationStatus,
     OrganizationUpdate,
     ProviderCredentials,
@@ -345,7 +346,7 @@ class UpsunAdapter:
             params = None
         response = await self._get(credentials, url, params, _organizations_shape)
         body = response.body
-        organizations = tuple(_organization(item) for item in _items(body, "organizations"))
+        organizations = OrganizationRecords(_items(body, "organizations"), _organization)
         next_url = self._next_href(body, response.url, _LIST_PATH)
         if next_url is not None and next_url in (url, response.url):
             raise BadUpstreamResponse(_PROVIDER, "upsun next page link points at the same page")

@@ -563,8 +563,25 @@ async def test_wrongly_shaped_list_bodies(
     else:
         inject_body(main, body)
     with pytest.raises(BadUpstreamResponse) as info:
-        await adapter.list_organizations(creds("acme"))
+        # An envelope is checked on arrival, an organization when it is read.
+        tuple((await adapter.list_organizations(creds("acme"))).organizations)
     assert "Maintenance" not in info.value.message and "solo-org" not in info.value.message
+
+
+async def test_organizations_normalise_when_read(
+    main: ServedApp, adapter: PlanetScaleAdapter
+) -> None:
+    # A merged list shows only part of a page: the rest is never normalised, and a broken
+    # organization there costs nothing until something reads it.
+    inject_body(main, {"data": [ORG_BODY, {"name": "no-id"}, ORG_BODY]})
+    page = await adapter.list_organizations(creds("acme"))
+    assert len(page.organizations) == 3
+    assert page.organizations[0].provider_id == ORG_BODY["name"]
+    assert page.organizations[2] == page.organizations[0]
+    with pytest.raises(BadUpstreamResponse):
+        page.organizations[1]
+    with pytest.raises(BadUpstreamResponse):
+        tuple(page.organizations)
 
 
 async def test_non_advancing_next_link(main: ServedApp, adapter: PlanetScaleAdapter) -> None:
