@@ -19,8 +19,12 @@ __all__ = [
 ]
 
 
+# ``type(x) is dict`` before ``isinstance(x, Mapping)``: parsed JSON objects are dicts, and the
+# ABC check costs several times as much on every field of every organization of a page.
+
+
 def req_str(obj: Mapping[str, Any], key: str, provider: ProviderName, what: str) -> str:
-    value = obj.get(key) if isinstance(obj, Mapping) else None
+    value = obj.get(key) if type(obj) is dict or isinstance(obj, Mapping) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str) or not value:
@@ -61,11 +65,14 @@ def opt_datetime(obj: Mapping[str, Any], key: str, provider: ProviderName) -> da
     if not isinstance(value, str):
         raise BadUpstreamResponse(provider, f"{provider.key} field '{key}' is not a timestamp")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        parsed = datetime.fromisoformat(value)  # "Z" included, since Python 3.11
     except ValueError:
-        raise BadUpstreamResponse(
-            provider, f"{provider.key} field '{key}' is not a timestamp"
-        ) from None
+        try:
+            parsed = datetime.fromisoformat(value.replace("z", "+00:00"))
+        except ValueError:
+            raise BadUpstreamResponse(
+                provider, f"{provider.key} field '{key}' is not a timestamp"
+            ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

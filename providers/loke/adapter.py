@@ -83,7 +83,9 @@ def _error_detail(body: Any) -> str | None:
 
 
 def _organization_object(body: Any) -> Mapping[str, Any]:
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(
+        body, Mapping
+    ):  # a dict, as parsed JSON is, skips the ABC check
         raise BadUpstreamResponse(_PROVIDER, "loke organization is not a JSON object")
     return body
 

@@ -82,7 +82,9 @@ def _error_detail(body: Any) -> str | None:
 
 
 def _object(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(
+        value, Mapping
+    ):  # a dict, as parsed JSON is, skips the ABC check
         raise BadUpstreamResponse(_PROVIDER, f"planetscale {what} is not a JSON object")
     return value
 
