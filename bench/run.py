@@ -362,9 +362,11 @@ def measure(
     *,
     auth: str | None = f"Bearer {GATEWAY_KEY}",
     expect: Expect | None = None,
+    connections: int | None = None,
 ) -> dict[str, Any]:
-    """Check every body once (also the warm-up), then wrk; upstream calls per query from the
-    sandboxes' counters. A refused query gives ``{"refused": message}`` and no load run."""
+    """Check every body once (also the warm-up), then wrk (``connections``: the run's, by
+    default); upstream calls per query from the sandboxes' counters. A refused query gives
+    ``{"refused": message}`` and no load run."""
     for one in [body] if isinstance(body, str) else body:
         refused = check(url, one, auth=auth, expect=expect)
         if refused:
@@ -372,7 +374,7 @@ def measure(
             return {"refused": refused}
     sb.clear()
     result: dict[str, Any] = wrk(
-        url, body, seconds=args.seconds, connections=args.connections, auth=auth
+        url, body, seconds=args.seconds, connections=connections or args.connections, auth=auth
     )
     result["upstream_calls_per_query"] = sb.calls() / max(1, result["requests"])
     print(name, result, flush=True)
@@ -448,6 +450,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     results["list_100_cache_off"] = measure(
                         "list_100_cache_off", url, listing, sb, args, expect=list_nodes
                     )
+                    # One connection: no two requests are ever in flight together, so
+                    # OrgGraph's coalescing of identical upstream reads cannot help it.
+                    results["list_100_one_connection"] = measure(
+                        "list_100_one_connection",
+                        url,
+                        listing,
+                        sb,
+                        args,
+                        expect=list_nodes,
+                        connections=1,
+                    )
                 if "dashboard" in groups:
                     # The shipped dashboard's own overview (25 rows), within every default.
                     results["dashboard_page_cache_off"] = measure(
@@ -509,10 +522,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "hive" in groups:
             if args.no_hive:
                 skipped = {"skipped": "--no-hive"}
-                results.update(hive_single_org=skipped, hive_list_100=skipped)
+                results.update({name: skipped for name in HIVE_ROWS})
             elif not shutil.which("npm"):
                 skipped = {"skipped": "no npm"}
-                results.update(hive_single_org=skipped, hive_list_100=skipped)
+                results.update({name: skipped for name in HIVE_ROWS})
             else:
                 results.update(hive(sb, args))
     return results
@@ -555,14 +568,17 @@ def hive_list_items(payload: dict[str, Any]) -> str | None:
     return None if len(items) == LIST_SIZE else f"{len(items)} items, not {LIST_SIZE}"
 
 
+HIVE_ROWS = ("hive_single_org", "hive_list_100", "hive_list_100_one_connection")
+
+
 def hive(sb: Sandboxes, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """``hive_single_org`` and ``hive_list_100`` from one Hive Gateway process."""
+    """``HIVE_ROWS`` from one Hive Gateway process."""
     hive_dir = BENCH / "hive"
     names = sb.planetscale_names(100)
     setup = subprocess.run(["bash", str(hive_dir / "setup.sh")], capture_output=True, text=True)
     if setup.returncode != 0:
         skipped = {"skipped": "npm setup failed: " + setup.stdout[-300:] + setup.stderr[-300:]}
-        return {"hive_single_org": skipped, "hive_list_100": skipped}
+        return {name: skipped for name in HIVE_ROWS}
     creds = sb.info["credentials"]["acme"]["PLANETSCALE"]
     port = free_port()
     env = {
@@ -578,12 +594,15 @@ def hive(sb: Sandboxes, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     with process(["bash", str(hive_dir / "start.sh")], env=env, cwd=hive_dir):
         url = f"http://127.0.0.1:{port}/graphql"
         wait_http(url.replace("/graphql", "/healthcheck"), timeout=120)
-        for name, body, expect in (
-            ("hive_single_org", single, None),
-            ("hive_list_100", listing, hive_list_items),
+        for name, body, expect, connections in (
+            ("hive_single_org", single, None, None),
+            ("hive_list_100", listing, hive_list_items, None),
+            ("hive_list_100_one_connection", listing, hive_list_items, 1),
         ):
             try:
-                out[name] = measure(name, url, body, sb, args, auth=None, expect=expect)
+                out[name] = measure(
+                    name, url, body, sb, args, auth=None, expect=expect, connections=connections
+                )
             except RuntimeError as exc:  # keep the OrgGraph figures when Hive misbehaves
                 out[name] = {"skipped": f"hive query failed: {exc}"[:300]}
             if "refused" in out[name]:
@@ -601,11 +620,13 @@ ROWS = (
     "single_org_cache_off_httpx",
     "single_org_cached",
     "list_100_cache_off",
+    "list_100_one_connection",
     "dashboard_page_cache_off",
     "dashboard_cache_off",
     "dashboard_cached",
     "hive_single_org",
     "hive_list_100",
+    "hive_list_100_one_connection",
 )
 
 
@@ -648,6 +669,21 @@ def _of_bare(results: dict[str, Any], label: str, name: str, target: float) -> s
     )
 
 
+def _one_connection(results: dict[str, Any]) -> str:
+    """The list scenario like for like: with 32 connections OrgGraph shares one upstream read
+    among identical requests in flight (its upstream calls per query say how much), Hive makes
+    one per request; over one connection neither can share. A figure, not a target."""
+    label = "  - the same over one connection (no read shared)"
+    why = _missing(results, "list_100_one_connection", "hive_list_100_one_connection")
+    if why:
+        return f"{label}: not measured ({why})"
+    a, b = results["list_100_one_connection"], results["hive_list_100_one_connection"]
+    return (
+        f"{label}: {a['rps'] / b['rps']:.2f}x requests/s, p50 {a['p50_ms']:.2f} ms vs "
+        f"{b['p50_ms']:.2f} ms (no target)"
+    )
+
+
 def ratio_lines(results: dict[str, Any]) -> list[str]:
     """One line per target of issue 10, then the fan-out and memory lines."""
     lines = [
@@ -658,6 +694,7 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
             "hive_list_100",
             1.5,
         ),
+        _one_connection(results),
         _of_bare(
             results,
             "dashboard query (50 organizations + usage + subscriptions), cache off, "
