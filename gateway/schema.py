@@ -17,10 +17,18 @@ from enum import Enum
 from typing import Any, cast
 
 import strawberry
-from graphql import GraphQLError, GraphQLObjectType, GraphQLResolveInfo, GraphQLSchema
+from graphql import (
+    FieldNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLObjectType,
+    GraphQLResolveInfo,
+    GraphQLSchema,
+    InlineFragmentNode,
+    SelectionSetNode,
+)
 from strawberry.scalars import JSON
 from strawberry.types import Info
-from strawberry.types.nodes import SelectedField, Selection
 
 from gateway.cache import RequestScope
 from gateway.errors import ErrorCode, GatewayError, upstream_graphql_error
@@ -562,7 +570,7 @@ class UpdateOrganizationInput:
 
 
 async def _fetch_page(
-    ctx: RequestContext, info: Info, provider: ProviderName, cursor: str | None
+    ctx: RequestContext, info: ResolveInfo, provider: ProviderName, cursor: str | None
 ) -> OrganizationPage | None:
     try:
         return await ctx.upstreams.list_organizations(provider, ctx.credentials(provider), cursor)
@@ -573,22 +581,33 @@ async def _fetch_page(
         return None
 
 
-def _node_fields(info: Info) -> set[str]:
+def _node_fields(info: ResolveInfo) -> set[str]:
     """Names of the fields selected on the connection's organizations (via ``nodes``,
-    ``edges { node }`` and fragments), to know which per-organization reads will follow."""
+    ``edges { node }`` and fragments), to know which per-organization reads will follow.
+    Read from the document itself: strawberry's ``selected_fields`` converts the whole
+    selection, arguments included, into objects first. Directives are not evaluated (a
+    skipped ``usage`` is read all the same, as before)."""
+    raw: GraphQLResolveInfo = info if isinstance(info, GraphQLResolveInfo) else info._raw_info
     names: set[str] = set()
 
-    def walk(selections: list[Selection], in_node: bool) -> None:
-        for selection in selections:
-            if not isinstance(selection, SelectedField):
-                walk(selection.selections, in_node)  # inline fragments and fragment spreads
-            elif in_node:
-                names.add(selection.name)
-            elif selection.name in ("nodes", "edges", "node"):
-                walk(selection.selections, selection.name != "edges")
+    def walk(selection_set: SelectionSetNode, in_node: bool) -> None:
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                name = selection.name.value
+                if in_node:
+                    names.add(name)
+                elif name in ("nodes", "edges", "node") and selection.selection_set:
+                    walk(selection.selection_set, name != "edges")
+            elif isinstance(selection, InlineFragmentNode):
+                walk(selection.selection_set, in_node)
+            elif isinstance(selection, FragmentSpreadNode):
+                fragment = raw.fragments.get(selection.name.value)
+                if fragment is not None:
+                    walk(fragment.selection_set, in_node)
 
-    for field_ in info.selected_fields:
-        walk(field_.selections, False)
+    for node in raw.field_nodes:
+        if node.selection_set is not None:
+            walk(node.selection_set, False)
     return names
 
 
@@ -605,7 +624,7 @@ class _Walk:
 
 async def _walk(
     ctx: RequestContext,
-    info: Info,
+    info: ResolveInfo,
     provider: ProviderName,
     page_cursor: str | None,
     index: int,
@@ -628,7 +647,7 @@ async def _walk(
 
 def _records(
     ctx: RequestContext,
-    info: Info,
+    info: ResolveInfo,
     items: list[tuple[str | None, int, Sequence[OrganizationRecord]]],
 ) -> list[tuple[str | None, int, OrganizationRecord]]:
     """The records ``items`` point at. A page holding one that does not normalise fails
@@ -649,7 +668,7 @@ def _records(
 
 async def resolve_organizations(
     ctx: RequestContext,
-    info: Info,
+    info: ResolveInfo,
     providers: list[ProviderName] | None,
     first: int | None,
     after: str | None,
@@ -741,7 +760,7 @@ async def resolve_organizations(
 
 
 async def _get_organization(
-    ctx: RequestContext, info: Info, provider: ProviderName, provider_id: str
+    ctx: RequestContext, info: ResolveInfo, provider: ProviderName, provider_id: str
 ) -> OrganizationRecord | None:
     if not provider_id or len(provider_id) > 512 or not _encodable(provider_id):
         raise GatewayError(ErrorCode.BAD_USER_INPUT, "Invalid organization id")
@@ -916,7 +935,26 @@ def _direct_subscriptions(
     return _subscriptions(source, info, first, after, status)
 
 
+async def _direct_organization(
+    source: Any, info: GraphQLResolveInfo, provider: ProviderName, id: str
+) -> Organization | None:
+    record = await _get_organization(info.context, info, provider, id)
+    return Organization.from_record(record) if record is not None else None
+
+
+async def _direct_organizations(
+    source: Any,
+    info: GraphQLResolveInfo,
+    providers: list[ProviderName] | None = None,
+    first: int | None = 20,
+    after: str | None = None,
+) -> OrganizationConnection:
+    return await resolve_organizations(info.context, info, providers, first, after)
+
+
 _DIRECT_RESOLVERS: dict[tuple[str, str], Any] = {
+    ("Query", "organization"): _direct_organization,
+    ("Query", "organizations"): _direct_organizations,
     ("Organization", "usage"): _direct_usage,
     ("Organization", "subscriptions"): _direct_subscriptions,
 }
