@@ -6,7 +6,9 @@ starts the five provider sandboxes in-process on loopback ports and serves an op
 them (and, since that tenant needs no key, answers only requests whose ``Host`` names loopback, so
 a web page cannot reach it through DNS rebinding). The transport rules (``gateway.transport``)
 follow GraphQL-over-HTTP; ``Authorization: Bearer <gateway key>`` picks the tenant, whose rate
-limit is checked before anything else is done for it.
+limit is checked before anything else is done for it. A ``POST /graphql`` whose answer is in the
+whole-response cache is answered in front of Starlette by ``gateway.cache_hit_path``, with the
+same bytes, metrics and access line; every other request takes the full path below.
 """
 
 from __future__ import annotations

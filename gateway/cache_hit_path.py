@@ -77,7 +77,6 @@ MEMO_BYTES = 4 * 1024 * 1024
 """Bound on the remembered bodies' bytes; past it the memo starts again."""
 
 _UNSEEN = object()
-_DISPATCH_FAILED_LOGGED = False
 
 
 def _plain_query(body: bytes) -> tuple[str, str | None] | None:
@@ -138,8 +137,10 @@ class CacheHitPath:
         self._max_body = 0
         self._allowed_hosts: set[bytes] = set()
         self._media_types: dict[bytes | None, str] = {}
+        self._envelopes: dict[int, list[tuple[bytes, bytes]]] = {}
         self._bodies: dict[bytes, tuple[str, str | None] | None] = {}
         self._memo_bytes = 0
+        self._failure_logged = False
 
     def bind(
         self,
@@ -180,10 +181,9 @@ class CacheHitPath:
             hit = await self._look_up(runtime, scope, headers, receive, messages, observed)
         except Exception:
             # A bug of this path must not become the request's failure: the full path serves
-            # it. Logged once per process, with its traceback.
-            global _DISPATCH_FAILED_LOGGED
-            if not _DISPATCH_FAILED_LOGGED:
-                _DISPATCH_FAILED_LOGGED = True
+            # it. Logged once per app, with its traceback.
+            if not self._failure_logged:
+                self._failure_logged = True
                 logger.exception("the cache-hit path failed; serving through the full path")
             request_id.reset(token)
             return _replay(messages, receive)
@@ -211,11 +211,7 @@ class CacheHitPath:
                 log_access("POST", scope["path"], observed, 200, seconds)
             # Starlette's Response with the full path's headers, then RequestIdMiddleware's.
             raw_headers = [
-                (b"x-orggraph-cache", b"hit"),
-                *[
-                    (name.lower().encode("latin-1"), value.encode("latin-1"))
-                    for name, value in cache_headers(fresh_for).items()
-                ],
+                *self._envelope(fresh_for),
                 (b"content-length", b"%d" % len(body)),
                 (b"content-type", media_type.encode("latin-1")),
             ]
@@ -232,6 +228,25 @@ class CacheHitPath:
         finally:
             request_id.reset(token)
         return None
+
+    def _envelope(self, fresh_for: float) -> list[tuple[bytes, bytes]]:
+        """The headers before the length and type, as Starlette's ``Response`` encodes the full
+        path's: they depend only on the whole seconds the answer stays fresh, so each is
+        encoded once (bounded by the longest TTL, in seconds)."""
+        seconds = int(fresh_for)
+        found = self._envelopes.get(seconds)
+        if found is None:
+            found = [
+                (b"x-orggraph-cache", b"hit"),
+                *[
+                    (name.lower().encode("latin-1"), value.encode("latin-1"))
+                    for name, value in cache_headers(fresh_for).items()
+                ],
+            ]
+            if len(self._envelopes) >= 4096:
+                self._envelopes.clear()
+            self._envelopes[seconds] = found
+        return found
 
     async def _look_up(
         self,
