@@ -6,7 +6,9 @@ uvicorn alone answers a fixed JSON body at about 43k requests/s (23 µs a reques
 Starlette at about 22k (44 µs); the gateway answered its cache hits at 9.2k (108 µs) through
 Starlette's middleware, router, ``Request`` and ``Response``, the request-id and error
 middleware's send wrappers, and the general ``/graphql`` handler. A hit needs none of that: the
-caller's key, the body, one lookup, and the answer.
+caller's key, the body, one lookup, and the answer. Through this path, measured in the same
+minutes as bare Starlette (five alternating 10 s runs): 17.7k requests/s (56 µs) against 21.6k,
+82% of bare (per run 79-89%), from 43% before; access line, metrics and limits all on.
 
 What a hit does here is what the full path does for it (``gateway.app._serve_graphql``), in the
 same order and through the same functions: the request id (``gateway.logs.pick_request_id``,
