@@ -134,7 +134,7 @@ class RequestContext:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self.prefetched[key] = task
 
-    def ready(self, kind: str, org: OrganizationRecord) -> asyncio.Future[Any] | None:
+    def ready(self, kind: str, org: OrganizationRecord) -> asyncio.Future[Any] | _Finished | None:
         """The read ``kind`` ("usage" or "subscriptions") of ``org`` as a finished future, or
         None when it has yet to finish: a prefetched read once it has, and a read that makes
         no upstream call (``CallCosts`` 0: the adapter derives it from the record) run to its
@@ -173,20 +173,31 @@ class RequestContext:
         return await self.upstreams.list_subscriptions(self.credentials(org.provider), org)
 
 
-def _run_in_place(call: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
-    """The finished future of ``call`` run to its end at once; None when it would wait:
-    ``call`` is then closed and the caller awaits a new one. Only reads that make no upstream
-    call come here, so the closed one cannot have sent anything."""
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+class _Finished:
+    """A read that ran to its end in place: ``result()`` as a finished future's."""
+
+    __slots__ = ("_error", "_value")
+
+    def __init__(self, value: Any, error: Exception | None) -> None:
+        self._value = value
+        self._error = error
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _run_in_place(call: Coroutine[Any, Any, Any]) -> _Finished | None:
+    """``call`` run to its end at once; None when it would wait: ``call`` is then closed and
+    the caller awaits a new one. Only reads that make no upstream call come here, so the
+    closed one cannot have sent anything."""
     try:
         call.send(None)
     except StopIteration as stop:
-        future.set_result(stop.value)
-        return future
+        return _Finished(stop.value, None)
     except Exception as exc:
-        future.set_exception(exc)
-        future.exception()  # retrieved: the resolver reports it
-        return future
+        return _Finished(None, exc)
     call.close()
     return None
 
