@@ -92,6 +92,11 @@ def _serve(args: argparse.Namespace) -> int:
             f", metrics on port {metrics_port}" if metrics_port is not None else "",
         )
         if workers > 1:
+            # Each worker accepts on a socket of its own (SO_REUSEPORT), not uvicorn.run's one
+            # shared socket, where the worker that woke first drained the accept queue: 28 of
+            # wrk's 32 keep-alive connections on one worker, 4 on the other.
+            from gateway.supervisor import serve_workers
+
             os.environ[CONFIG_ENV] = os.path.abspath(config_path)
             # Workers import prometheus_client after this, so they count in shared files.
             own_dir = MULTIPROC_ENV not in os.environ
@@ -104,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
                     if summed is None:
                         return 1
                 try:
-                    uvicorn.run(
+                    return serve_workers(
                         "gateway.cli:app_from_env",
                         factory=True,
                         host=host,
