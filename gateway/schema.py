@@ -537,11 +537,23 @@ class OrganizationEdge:
     _signer: strawberry.Private[CursorSigner]
 
 
+def _organization_edges(root: OrganizationConnection) -> list[OrganizationEdge]:
+    return [
+        OrganizationEdge(node=node, _position=position, _tenant=root._tenant, _signer=root._signer)
+        for node, position in zip(root.nodes, root._positions, strict=True)
+    ]
+
+
 @strawberry.type
 class OrganizationConnection:
-    edges: list[OrganizationEdge]
+    # Edges are built when selected: a page read through ``nodes`` (the dashboard's, the
+    # bench's) paid an edge and a cursor position per organization for nothing.
+    edges: list[OrganizationEdge] = strawberry.field(resolver=_organization_edges)
     page_info: PageInfo
     nodes: list[Organization]
+    _positions: strawberry.Private[list[OrganizationCursor]]
+    _tenant: strawberry.Private[str]
+    _signer: strawberry.Private[CursorSigner]
 
 
 @strawberry.type(description="How a provider looks from this gateway, for this tenant.")
@@ -725,27 +737,22 @@ async def resolve_organizations(
         )
         for i, provider in enumerate(remaining)
     ]
-    edges: list[OrganizationEdge] = []
+    nodes: list[Organization] = []
+    positions: list[OrganizationCursor] = []
     has_next = False
     try:
         for i, provider in enumerate(remaining):
             walk = await walks[i]
-            room = first - len(edges)
+            room = first - len(nodes)
             taken = _records(ctx, info, walk.items[:room])
             if len(taken) < min(room, len(walk.items)):
                 walk.more = False  # a page did not normalise: its provider stops there
                 walk.items = walk.items[: len(taken)]
             for page_cursor, index, record in taken:
                 ctx.prefetch(record, usage=want_usage, subscriptions=want_subscriptions)
-                edges.append(
-                    OrganizationEdge(
-                        node=Organization.from_record(record),
-                        _position=OrganizationCursor(provider, page_cursor, index),
-                        _tenant=ctx.tenant.name,
-                        _signer=ctx.cursors,
-                    )
-                )
-            if len(edges) == first:
+                nodes.append(Organization.from_record(record))
+                positions.append(OrganizationCursor(provider, page_cursor, index))
+            if len(nodes) == first:
                 if len(walk.items) > room or walk.more:
                     has_next = True
                 else:
@@ -758,15 +765,22 @@ async def resolve_organizations(
                 task.cancel()
     await ctx.settle_prefetched()
 
+    tenant, signer = ctx.tenant.name, ctx.cursors
     return OrganizationConnection(
-        edges=edges,
-        nodes=[edge.node for edge in edges],
+        nodes=nodes,
         page_info=PageInfo(
             has_next_page=has_next,
             has_previous_page=bool(after),
-            start_cursor=_organization_cursor(edges[0]) if edges else None,
-            end_cursor=_organization_cursor(edges[-1]) if edges else None,
+            start_cursor=signer.encode_organization_cursor(tenant, positions[0])
+            if positions
+            else None,
+            end_cursor=signer.encode_organization_cursor(tenant, positions[-1])
+            if positions
+            else None,
         ),
+        _positions=positions,
+        _tenant=tenant,
+        _signer=signer,
     )
 
 
