@@ -115,6 +115,12 @@ def _organization(obj: Any) -> OrganizationRecord:
     )
 
 
+def _organization_records(body: Any) -> OrganizationRecords:
+    """A list page's organizations, normalised as they are read (shared by every caller of
+    one answer: ``UpstreamResponse.derive``)."""
+    return OrganizationRecords(_organization_list(body), _organization)
+
+
 class LokeAdapter:
     """``ProviderAdapter`` for LOKE."""
 
@@ -201,7 +207,7 @@ class LokeAdapter:
         else:
             url = page_link(self.settings.base_url, _LIST_PATH, cursor, _PROVIDER)
         response = await self._get(credentials, url, _organization_list)
-        organizations = OrganizationRecords(_organization_list(response.body), _organization)
+        organizations = response.derive("organizations", _organization_records)
         return OrganizationPage(organizations=organizations, next_cursor=self._next(response))
 
     def _next(self, response: UpstreamResponse) -> str | None:

@@ -126,6 +126,12 @@ def _organization(obj: Any) -> OrganizationRecord:
     )
 
 
+def _organization_records(body: Any) -> OrganizationRecords:
+    """A list page's organizations, normalised as they are read (shared by every caller of
+    one answer: ``UpstreamResponse.derive``)."""
+    return OrganizationRecords(_list_items(body), _organization)
+
+
 class PlanetScaleAdapter:
     """PlanetScale organizations; supports changing the billing email, not the name."""
 
@@ -214,7 +220,7 @@ class PlanetScaleAdapter:
         )
         body = response.body
         return OrganizationPage(
-            organizations=OrganizationRecords(_list_items(body), _organization),
+            organizations=response.derive("organizations", _organization_records),
             next_cursor=self._next_link(response, body),
         )
 

@@ -243,6 +243,12 @@ def _usage(subscriptions: Iterable[Mapping[str, Any]]) -> UsageRecord:
     )
 
 
+def _organization_records(body: Any) -> OrganizationRecords:
+    """A list page's organizations, normalised as they are read (shared by every caller of
+    one answer: ``UpstreamResponse.derive``)."""
+    return OrganizationRecords(_items(body, "organizations"), _organization)
+
+
 class UpsunAdapter:
     """Upsun / Platform.sh through one pooled ``UpstreamHttp`` and one token cache."""
 
@@ -348,7 +354,7 @@ class UpsunAdapter:
             params = None
         response = await self._get(credentials, url, params, _organizations_shape)
         body = response.body
-        organizations = OrganizationRecords(_items(body, "organizations"), _organization)
+        organizations = response.derive("organizations", _organization_records)
         next_url = self._next_href(body, response.url, _LIST_PATH)
         if next_url is not None and next_url in (url, response.url):
             raise BadUpstreamResponse(_PROVIDER, "upsun next page link points at the same page")

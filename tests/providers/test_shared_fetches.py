@@ -325,3 +325,55 @@ async def test_planetscale_shared_get_survives_the_first_callers_cancellation(
         assert [r["path"] for r in planetscale.requests()] == ["/organizations"]
     finally:
         await adapter.aclose()
+
+
+async def test_callers_sharing_a_page_share_its_normalised_organizations(
+    planetscale: ServedApp,
+) -> None:
+    # UpstreamResponse.derive: the page is normalised once for every caller of one answer,
+    # not once per waiting request.
+    adapter = PlanetScaleAdapter(ProviderSettings(base_url=planetscale.url))
+    credentials = PlanetScaleAdapter.parse_credentials(
+        planetscale_sandbox.demo_credentials("acme", OPTIONS)
+    )
+    try:
+        planetscale.fault(hold=True, path_prefix="/organizations", times=1)
+        token = call_memo.set(CallMemo())
+        try:
+            one = asyncio.ensure_future(adapter.list_organizations(credentials))
+            two = asyncio.ensure_future(adapter.list_organizations(credentials))
+            await wait_held(planetscale)
+            await release_held(planetscale)
+            first, second = await one, await two
+        finally:
+            call_memo.reset(token)
+        assert first.organizations is second.organizations
+        assert first.organizations[0] is second.organizations[0]
+        # A page fetched again is an answer of its own.
+        third = await adapter.list_organizations(credentials)
+        assert third.organizations is not first.organizations
+        assert third.organizations == first.organizations
+        assert [r["path"] for r in planetscale.requests()] == ["/organizations"] * 2
+    finally:
+        await adapter.aclose()
+
+
+def test_derive_builds_once_per_answer_and_never_keeps_a_failure() -> None:
+    calls: list[Any] = []
+
+    def build(body: Any) -> Any:
+        calls.append(body)
+        if body.get("fail") and len(calls) == 1:
+            raise ValueError("broken")
+        return object()
+
+    response = UpstreamResponse(status=200, headers={}, body={"ok": True}, url="http://x/")
+    assert response.derive("x", build) is response.derive("x", build)
+    assert len(calls) == 1
+    failing = UpstreamResponse(status=200, headers={}, body={"fail": True}, url="http://x/")
+    calls.clear()
+    with pytest.raises(ValueError):
+        failing.derive("x", build)
+    assert failing.derive("x", build) is failing.derive("x", build)
+    assert len(calls) == 2
+    assert response == UpstreamResponse(status=200, headers={}, body={"ok": True}, url="http://x/")
