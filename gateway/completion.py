@@ -6,7 +6,9 @@ wrapper (``getattr``), two awaitable tests and ``complete_value``'s type dispatc
 of such a request's CPU time in py-spy profiles (bench/RESULTS.md). For the fields where
 strawberry itself would do nothing but ``getattr(source, python_name)`` (no resolver, no
 arguments, no extensions) and the type is a scalar or enum, ``InlineLeafExecutor`` reads the
-attribute and coerces it in place.
+attribute and coerces it in place, and a list of objects that selects such fields only (a
+page's ``nodes { name plan }``) is built row by row without graphql-core's completion of each
+item.
 
 The answer is graphql-core's, by construction: whenever the inline read could end in anything
 but a plain value (the attribute is missing, is an exception, is null on a non-null field, or
@@ -24,12 +26,14 @@ from typing import Any, Final, NamedTuple, TypeGuard
 
 from graphql import (
     GraphQLEnumType,
+    GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLResolveInfo,
     GraphQLScalarType,
     GraphQLSchema,
 )
-from graphql.execution.collect_fields import GroupedFieldSet
+from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
 from graphql.execution.incremental.incremental_executor import IncrementalExecutor
 from graphql.pyutils import AwaitableOrValue, Path, Undefined, gather_with_cancel
 
@@ -107,11 +111,100 @@ def is_awaitable(value: Any) -> TypeGuard[Awaitable[Any]]:
     return known
 
 
+_ANOMALY: Final = object()
+"""What an inline read gives when graphql-core must read the field itself (see ``_read``)."""
+
+
+def _read(source: Any, leaf: _Leaf) -> Any:
+    """The leaf's answer read in place, or ``_ANOMALY`` where it could end in anything but a
+    plain value (missing, an exception, null on a non-null field, a value that does not
+    coerce): graphql-core's path raises, locates and reports those."""
+    value = getattr(source, leaf.attribute, Undefined)
+    if value is None:
+        return _ANOMALY if leaf.non_null else None
+    if value is Undefined or isinstance(value, Exception):
+        return _ANOMALY
+    try:
+        coerced = leaf.coerce(value)
+    except Exception:
+        return _ANOMALY
+    return _ANOMALY if coerced is None or coerced is Undefined else coerced
+
+
+class _RowsPlan(NamedTuple):
+    """A list of objects whose selection is plain leaves only, answered row by row in place."""
+
+    fields: tuple[tuple[str, _Leaf], ...]
+    is_type_of: Callable[[Any, Any], Any] | None
+    items_non_null: bool
+
+
 class InlineLeafExecutor(IncrementalExecutor):
     """The executor ``gateway.execution.Executor`` runs operations with (see module docstring).
     ``leaf_fields`` is the schema's ``inline_leaf_fields`` table, built once per schema."""
 
     leaf_fields: LeafTable = {}
+
+    def complete_list_value(
+        self,
+        return_type: GraphQLList[Any],
+        field_details_list: FieldDetailsList,
+        info: GraphQLResolveInfo,
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> AwaitableOrValue[list[Any]]:
+        """A list of objects selecting plain leaves only (a page of organizations' ``nodes``)
+        as rows built in place: graphql-core completes each item through five calls, a path
+        and two awaitable tests before its fields, ~20% of a 100-organization list's time.
+        Should any item need more than plain reads (null, another type, an anomaly of a leaf),
+        the whole list goes graphql-core's way instead: the reads have no side effects."""
+        plan = self._rows_plan(return_type, field_details_list) if type(result) is list else None
+        if plan is not None:
+            rows = self._rows(plan, result, info)
+            if rows is not None:
+                return rows
+        return super().complete_list_value(
+            return_type, field_details_list, info, path, result, position_context
+        )
+
+    def _rows_plan(
+        self, return_type: GraphQLList[Any], field_details_list: FieldDetailsList
+    ) -> _RowsPlan | None:
+        item_type = return_type.of_type
+        items_non_null = isinstance(item_type, GraphQLNonNull)
+        object_type = item_type.of_type if items_non_null else item_type
+        leaves = self.leaf_fields.get(object_type)
+        if leaves is None:
+            return None
+        grouped_field_set, new_defer_usages, _ = self.collect_subfields(
+            object_type, field_details_list
+        )
+        if new_defer_usages:
+            return None
+        fields = []
+        for response_name, details in grouped_field_set.items():
+            leaf = leaves.get(details[0].node.name.value)
+            if leaf is None:
+                return None
+            fields.append((response_name, leaf))
+        return _RowsPlan(tuple(fields), object_type.is_type_of, items_non_null)
+
+    @staticmethod
+    def _rows(plan: _RowsPlan, items: list[Any], info: GraphQLResolveInfo) -> list[Any] | None:
+        rows: list[Any] = []
+        is_type_of = plan.is_type_of
+        for item in items:
+            if item is None or (is_type_of is not None and is_type_of(item, info) is not True):
+                return None
+            row = {}
+            for response_name, leaf in plan.fields:
+                value = _read(item, leaf)
+                if value is _ANOMALY:
+                    return None
+                row[response_name] = value
+            rows.append(row)
+        return rows
 
     def execute_fields(
         self,
@@ -132,19 +225,10 @@ class InlineLeafExecutor(IncrementalExecutor):
             for response_name, field_details_list in grouped_field_set.items():
                 leaf = leaves.get(field_details_list[0].node.name.value)
                 if leaf is not None:
-                    value = getattr(source_value, leaf.attribute, Undefined)
-                    if value is None:
-                        if not leaf.non_null:
-                            results[response_name] = None
-                            continue
-                    elif value is not Undefined and not isinstance(value, Exception):
-                        try:
-                            coerced = leaf.coerce(value)
-                        except Exception:  # graphql-core's path below raises it again, located
-                            coerced = None
-                        if coerced is not None and coerced is not Undefined:
-                            results[response_name] = coerced
-                            continue
+                    value = _read(source_value, leaf)
+                    if value is not _ANOMALY:
+                        results[response_name] = value
+                        continue
                 result = self.execute_field(
                     parent_type,
                     source_value,

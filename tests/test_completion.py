@@ -203,10 +203,15 @@ def _run(root: Any, query: str, *, inline: bool) -> Any:
         [_Source(name="a", nick=None, color="GREEN", count=1)],  # enum value that does not coerce
         [_Source(name="a", nick=None, color="RED", count="seven")],  # Int that does not coerce
         [_Source(name=ValueError("boom"), nick=None, color="RED", count=1)],  # an exception
+        [None],  # a null item in a list of non-null items
+        ["not an object"],
     ],
 )
-def test_inline_reads_fail_exactly_as_graphql_core(things: list[_Source]) -> None:
-    root = _Source(thing=things[0], things=things)
+def test_inline_reads_fail_exactly_as_graphql_core(things: list[Any]) -> None:
+    # things is a [Thing!]: its rows are built in place (InlineLeafExecutor.complete_list_value)
+    # unless one of them needs graphql-core; a good row first, then the one that does.
+    good = _Source(name="g", nick="n", color="RED", count=2)
+    root = _Source(thing=things[0], things=[good, *things])
     query = "{ thing { name nick color count } things { name nick color count } }"
     inline, reference = _run(root, query, inline=True), _run(root, query, inline=False)
     assert inline.data == reference.data
