@@ -13,6 +13,7 @@ Figures, never asserts: CI does not run this.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -174,8 +175,9 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 class Sandboxes:
-    def __init__(self, info: dict[str, Any]) -> None:
+    def __init__(self, info: dict[str, Any], pid: int = 0) -> None:
         self.info = info
+        self.pid = pid
 
     def url(self, provider: str) -> str:
         return str(self.info["urls"][provider])
@@ -271,7 +273,7 @@ def sandboxes(orgs: int) -> Iterator[Sandboxes]:
         line = proc.stdout.readline()
         if not line.startswith("{"):
             raise RuntimeError("sandboxes did not start: " + line + proc.stdout.read())
-        yield Sandboxes(json.loads(line))
+        yield Sandboxes(json.loads(line), proc.pid)
 
 
 @contextmanager
@@ -353,6 +355,59 @@ def check(
     return None
 
 
+# ---------------------------------------------------------------------------- CPU
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gateway's workers, say)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pending += [int(c) for c in task.read_text().split()]
+    return found
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+    return total
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores spent on anything but idling, since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
+@contextmanager
+def cpu_use(gateway_pid: int, sandbox_pid: int) -> Iterator[dict[str, float]]:
+    """Cores used during the block by the gateway (its process and workers), the sandboxes,
+    and the whole machine (Linux /proc; empty elsewhere)."""
+    figures: dict[str, float] = {}
+    if not Path("/proc/stat").exists():
+        yield figures
+        return
+    pids = _process_tree(gateway_pid)
+    started = time.monotonic()
+    before = (_cpu_seconds(pids), _cpu_seconds([sandbox_pid]), _machine_busy_seconds())
+    yield figures
+    wall = time.monotonic() - started
+    after = (_cpu_seconds(pids), _cpu_seconds([sandbox_pid]), _machine_busy_seconds())
+    for key, start, end in zip(("gateway", "sandboxes", "machine"), before, after, strict=True):
+        figures[f"{key}_cores"] = (end - start) / wall
+
+
 def measure(
     name: str,
     url: str,
@@ -363,6 +418,7 @@ def measure(
     auth: str | None = f"Bearer {GATEWAY_KEY}",
     expect: Expect | None = None,
     connections: int | None = None,
+    cpu_of: int | None = None,
 ) -> dict[str, Any]:
     """Check every body once (also the warm-up), then wrk (``connections``: the run's, by
     default); upstream calls per query from the sandboxes' counters. A refused query gives
@@ -373,9 +429,11 @@ def measure(
             print(name, refused, flush=True)
             return {"refused": refused}
     sb.clear()
-    result: dict[str, Any] = wrk(
-        url, body, seconds=args.seconds, connections=connections or args.connections, auth=auth
-    )
+    with cpu_use(cpu_of or 0, sb.pid) if cpu_of else contextlib.nullcontext({}) as cpu:
+        result: dict[str, Any] = wrk(
+            url, body, seconds=args.seconds, connections=connections or args.connections, auth=auth
+        )
+    result.update(cpu)
     result["upstream_calls_per_query"] = sb.calls() / max(1, result["requests"])
     print(name, result, flush=True)
     return result
@@ -434,17 +492,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # runs of the same cache-off single-organization load.
         if "workers" in groups:
             config = sb.config(tmp / "off-workers2.toml", cache="none", workers=2)
-            with gateway(config) as (url, _pid):
+            with gateway(config) as (url, pid):
                 results["single_org_cache_off_workers2"] = measure(
-                    "single_org_cache_off_workers2", url, single, sb, args
+                    "single_org_cache_off_workers2", url, single, sb, args, cpu_of=pid
                 )
 
         # 2b. Cache off: every request goes upstream.
         if groups & {"single", "workers", "list", "dashboard", "fanout"}:
-            with gateway(sb.config(tmp / "off.toml", cache="none")) as (url, _pid):
+            with gateway(sb.config(tmp / "off.toml", cache="none")) as (url, pid):
                 if groups & {"single", "workers"}:
                     results["single_org_cache_off"] = measure(
-                        "single_org_cache_off", url, single, sb, args
+                        "single_org_cache_off", url, single, sb, args, cpu_of=pid
                     )
                 if "list" in groups:
                     results["list_100_cache_off"] = measure(
@@ -723,6 +781,15 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
             f"- [server] workers = 2 vs 1 on {os.cpu_count()} cores, cache-off single "
             f"organization: {r:.2f}x requests/s (target >= 1.7x): {_verdict(r >= 1.7)}"
         )
+        if "gateway_cores" in two and "gateway_cores" in one:
+            per_core = (two["rps"] / two["gateway_cores"]) / (one["rps"] / one["gateway_cores"])
+            lines.append(
+                f"  - gateway CPU {two['gateway_cores']:.2f} cores with two workers, "
+                f"{one['gateway_cores']:.2f} with one: requests/s per gateway core "
+                f"{per_core:.0%} of one worker's; the machine was busy "
+                f"{two['machine_cores']:.2f} of {os.cpu_count()} cores (sandboxes "
+                f"{two['sandboxes_cores']:.2f}, the rest wrk and the system)"
+            )
     fan = results.get("fanout_100ms")
     if fan is None or "ratio" not in fan:
         why = "not run" if fan is None else fan.get("refused", "no figures")
