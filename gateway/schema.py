@@ -946,20 +946,6 @@ def print_sdl(schema: strawberry.Schema) -> str:
     return "schema {\n" + "\n".join(roots) + "\n}\n\n" + schema.as_str() + "\n"
 
 
-def _direct_usage(source: Organization, info: GraphQLResolveInfo) -> Usage | None:
-    return _usage(source, info)
-
-
-def _direct_subscriptions(
-    source: Organization,
-    info: GraphQLResolveInfo,
-    first: int | None = 20,
-    after: str | None = None,
-    status: list[SubscriptionStatus] | None = None,
-) -> SubscriptionConnection:
-    return _subscriptions(source, info, first, after, status)
-
-
 async def _direct_organization(
     source: Any, info: GraphQLResolveInfo, provider: ProviderName, id: str
 ) -> Organization | None:
@@ -980,8 +966,8 @@ async def _direct_organizations(
 _DIRECT_RESOLVERS: dict[tuple[str, str], Any] = {
     ("Query", "organization"): _direct_organization,
     ("Query", "organizations"): _direct_organizations,
-    ("Organization", "usage"): _direct_usage,
-    ("Organization", "subscriptions"): _direct_subscriptions,
+    ("Organization", "usage"): _usage,
+    ("Organization", "subscriptions"): _subscriptions,
 }
 """graphql-core resolvers for the fields every organization of a page resolves, in place of
 strawberry's wrappers: those build a strawberry ``Info`` and convert every argument again

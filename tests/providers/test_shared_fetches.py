@@ -300,62 +300,60 @@ async def test_upsun_token_exchange_survives_the_first_requests_cancellation(
     assert [r["method"] for r in log if r["path"] == upsun_sandbox.TOKEN_PATH] == ["POST"]
 
 
-async def test_planetscale_shared_get_survives_the_first_callers_cancellation(
-    planetscale: ServedApp,
-) -> None:
+@pytest.fixture
+async def planetscale_adapter(planetscale: ServedApp) -> AsyncIterator[PlanetScaleAdapter]:
     adapter = PlanetScaleAdapter(ProviderSettings(base_url=planetscale.url))
-    credentials = PlanetScaleAdapter.parse_credentials(
-        planetscale_sandbox.demo_credentials("acme", OPTIONS)
-    )
+    yield adapter
+    await adapter.aclose()
+
+
+PLANETSCALE_CREDENTIALS = PlanetScaleAdapter.parse_credentials(
+    planetscale_sandbox.demo_credentials("acme", OPTIONS)
+)
+
+
+async def _two_held_listings(
+    planetscale: ServedApp, adapter: PlanetScaleAdapter, *, cancel_first: bool
+) -> tuple[Any, Any]:
+    """Two list calls in one request's memo while the upstream holds the page, the first
+    cancelled before the page is released when ``cancel_first``; their outcomes."""
+    planetscale.fault(hold=True, path_prefix="/organizations", times=1)
+    token = call_memo.set(CallMemo())
     try:
-        planetscale.fault(hold=True, path_prefix="/organizations", times=1)
-        token = call_memo.set(CallMemo())
-        try:
-            # Aliased organizations(first: 1) and organizations(first: 100): the same page.
-            small = asyncio.ensure_future(adapter.list_organizations(credentials))
-            large = asyncio.ensure_future(adapter.list_organizations(credentials))
-            await wait_held(planetscale)
-            await _cancelled(small)
-            await release_held(planetscale)
-            page = await _outcome(large)
-        finally:
-            call_memo.reset(token)
-        assert not isinstance(page, BaseException), page
-        assert len(page.organizations) == 4
-        assert [r["path"] for r in planetscale.requests()] == ["/organizations"]
+        one = asyncio.ensure_future(adapter.list_organizations(PLANETSCALE_CREDENTIALS))
+        two = asyncio.ensure_future(adapter.list_organizations(PLANETSCALE_CREDENTIALS))
+        await wait_held(planetscale)
+        if cancel_first:
+            await _cancelled(one)
+        await release_held(planetscale)
+        return (None if cancel_first else await _outcome(one)), await _outcome(two)
     finally:
-        await adapter.aclose()
+        call_memo.reset(token)
+
+
+async def test_planetscale_shared_get_survives_the_first_callers_cancellation(
+    planetscale: ServedApp, planetscale_adapter: PlanetScaleAdapter
+) -> None:
+    # Aliased organizations(first: 1) and organizations(first: 100): the same page.
+    _, page = await _two_held_listings(planetscale, planetscale_adapter, cancel_first=True)
+    assert not isinstance(page, BaseException), page
+    assert len(page.organizations) == 4
+    assert [r["path"] for r in planetscale.requests()] == ["/organizations"]
 
 
 async def test_callers_sharing_a_page_share_its_normalised_organizations(
-    planetscale: ServedApp,
+    planetscale: ServedApp, planetscale_adapter: PlanetScaleAdapter
 ) -> None:
     # UpstreamResponse.derive: the page is normalised once for every caller of one answer,
     # not once per waiting request.
-    adapter = PlanetScaleAdapter(ProviderSettings(base_url=planetscale.url))
-    credentials = PlanetScaleAdapter.parse_credentials(
-        planetscale_sandbox.demo_credentials("acme", OPTIONS)
-    )
-    try:
-        planetscale.fault(hold=True, path_prefix="/organizations", times=1)
-        token = call_memo.set(CallMemo())
-        try:
-            one = asyncio.ensure_future(adapter.list_organizations(credentials))
-            two = asyncio.ensure_future(adapter.list_organizations(credentials))
-            await wait_held(planetscale)
-            await release_held(planetscale)
-            first, second = await one, await two
-        finally:
-            call_memo.reset(token)
-        assert first.organizations is second.organizations
-        assert first.organizations[0] is second.organizations[0]
-        # A page fetched again is an answer of its own.
-        third = await adapter.list_organizations(credentials)
-        assert third.organizations is not first.organizations
-        assert third.organizations == first.organizations
-        assert [r["path"] for r in planetscale.requests()] == ["/organizations"] * 2
-    finally:
-        await adapter.aclose()
+    first, second = await _two_held_listings(planetscale, planetscale_adapter, cancel_first=False)
+    assert first.organizations is second.organizations
+    assert first.organizations[0] is second.organizations[0]
+    # A page fetched again is an answer of its own.
+    third = await planetscale_adapter.list_organizations(PLANETSCALE_CREDENTIALS)
+    assert third.organizations is not first.organizations
+    assert third.organizations == first.organizations
+    assert [r["path"] for r in planetscale.requests()] == ["/organizations"] * 2
 
 
 def test_derive_builds_once_per_answer_and_never_keeps_a_failure() -> None:
