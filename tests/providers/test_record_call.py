@@ -234,3 +234,16 @@ async def test_no_memo_no_report(ps: PlanetScaleAdapter, planetscale: ServedApp)
     assert call_memo.get() is None
     await ps.list_organizations(PS_ACME)
     assert len(planetscale.requests()) == 1
+
+
+def test_credentials_fingerprint_names_the_values_only() -> None:
+    # Hashed once and kept on the (frozen) credentials: the same values always give the same
+    # fingerprint, other values another, and the kept hash takes no part in equality or repr.
+    one = ProviderCredentials({"token": "t-1", "id": "a"})
+    same = ProviderCredentials({"id": "a", "token": "t-1"})
+    other = ProviderCredentials({"token": "t-2", "id": "a"})
+    assert one.fingerprint == same.fingerprint == one.fingerprint
+    assert other.fingerprint != one.fingerprint
+    assert len(one.fingerprint) == 32 and "t-1" not in one.fingerprint
+    assert one == same and one != other
+    assert "t-1" not in repr(one) and one.fingerprint not in repr(one)
