@@ -145,6 +145,12 @@ class InlineLeafExecutor(IncrementalExecutor):
 
     leaf_fields: LeafTable = {}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rows_plans: dict[
+            tuple[GraphQLList[Any], int], tuple[FieldDetailsList, _RowsPlan | None]
+        ] = {}
+
     def complete_list_value(
         self,
         return_type: GraphQLList[Any],
@@ -169,6 +175,21 @@ class InlineLeafExecutor(IncrementalExecutor):
         )
 
     def _rows_plan(
+        self, return_type: GraphQLList[Any], field_details_list: FieldDetailsList
+    ) -> _RowsPlan | None:
+        # Once per list field of the operation, as graphql-core's collect_subfields: a page's
+        # organizations each complete their own subscriptions' nodes with the same plan. The
+        # list is kept with its plan, so its id cannot be reused while this execution runs.
+        plans = self._rows_plans
+        key = (return_type, id(field_details_list))
+        known = plans.get(key)
+        if known is not None:
+            return known[1]
+        plan = self._new_rows_plan(return_type, field_details_list)
+        plans[key] = (field_details_list, plan)
+        return plan
+
+    def _new_rows_plan(
         self, return_type: GraphQLList[Any], field_details_list: FieldDetailsList
     ) -> _RowsPlan | None:
         item_type = return_type.of_type
