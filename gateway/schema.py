@@ -135,12 +135,12 @@ class RequestContext:
         self.prefetched[key] = task
 
     def ready(self, kind: str, org: OrganizationRecord) -> asyncio.Future[Any] | _Finished | None:
-        """The read ``kind`` ("usage" or "subscriptions") of ``org`` as a finished future, or
-        None when it has yet to finish: a prefetched read once it has, and a read that makes
-        no upstream call (``CallCosts`` 0: the adapter derives it from the record) run to its
-        end here. Run as a task instead, such reads cost a dashboard page of LOKE
-        organizations 98 tasks per request that each returned at once, ~15% of its time in
-        py-spy (bench/RESULTS.md)."""
+        """The read ``kind`` ("usage" or "subscriptions") of ``org`` once it has finished
+        (``result()`` gives it or raises), or None while it has not: a prefetched read's task,
+        or a read that makes no upstream call (``CallCosts`` 0: the adapter derives it from
+        the record), run to its end here. Run as a task instead, such reads cost a dashboard
+        page of LOKE organizations 98 tasks per request that each returned at once, ~15% of
+        its time in py-spy (bench/RESULTS.md)."""
         task = self.prefetched.get(_key(kind, org))
         if task is not None:
             return task if task.done() else None
