@@ -166,8 +166,9 @@ class _SideServer(uvicorn.Server):
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    name = host.strip("[]")
-    family = socket.AF_INET6 if ":" in name else socket.AF_INET
+    from gateway.supervisor import bind_address
+
+    family, name = bind_address(host)
     return socket.create_server((name, port), family=family)
 
 

@@ -38,7 +38,13 @@ from typing import Any
 from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
-__all__ = ["PER_WORKER_SOCKETS", "SocketPerWorkerMultiprocess", "bind_listener", "serve_workers"]
+__all__ = [
+    "PER_WORKER_SOCKETS",
+    "SocketPerWorkerMultiprocess",
+    "bind_address",
+    "bind_listener",
+    "serve_workers",
+]
 
 PER_WORKER_SOCKETS = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 """Whether each worker gets a socket of its own (Linux spreads connections over them)."""
@@ -48,7 +54,7 @@ _uvicorn_log = logging.getLogger("uvicorn.error")
 _log = logging.getLogger("orggraph.supervisor")
 
 
-def _address(host: str) -> tuple[socket.AddressFamily, str]:
+def bind_address(host: str) -> tuple[socket.AddressFamily, str]:
     """The family and bind address of a configured host (IPv6 with or without brackets)."""
     name = host.strip("[]")
     return (socket.AF_INET6 if ":" in name else socket.AF_INET), name
@@ -62,7 +68,7 @@ def _display(host: str, port: int) -> str:
 def bind_listener(host: str, port: int, *, backlog: int, reuse_port: bool) -> socket.socket:
     """A listening TCP socket on ``host``:``port``, inheritable by spawned workers; with
     ``reuse_port``, one of a group that share the port. Raises OSError when it cannot bind."""
-    family, name = _address(host)
+    family, name = bind_address(host)
     # IPPROTO_TCP spelled out: asyncio's own loop sets TCP_NODELAY on accepted connections
     # only when the socket says TCP (tests/support.py binds its servers alike).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -90,7 +96,7 @@ def _claim_port(host: str, port: int) -> int:
     A plain bind, released at once: between it and the workers' binds another process could
     still take the port, and then theirs (without SO_REUSEPORT) or ours fails; only another
     SO_REUSEPORT listener of the same user in that instant could join unnoticed."""
-    family, name = _address(host)
+    family, name = bind_address(host)
     with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((name, port))
