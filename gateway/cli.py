@@ -24,6 +24,7 @@ from gateway.logs import LOG_FORMATS, LOG_LEVELS, default_log_format, logging_co
 from gateway.metrics import MULTIPROC_ENV, shared_registry
 from gateway.serving import GracefulHttpToolsProtocol
 from gateway.settings import ConfigError, Settings, load_settings
+from gateway.supervisor import bind_address, display_address, serve_workers
 from providers.base import ProviderName, load_sandbox_module
 
 if TYPE_CHECKING:
@@ -57,6 +58,17 @@ def _serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"orggraph: config error: {exc}", file=sys.stderr)
             return 2
+    shared_metrics = os.environ.get(MULTIPROC_ENV)
+    if shared_metrics and not os.path.isdir(shared_metrics):
+        # Checked here, once: otherwise every worker fails its start-up on it, each with
+        # prometheus_client's traceback.
+        print(
+            f"orggraph: {MULTIPROC_ENV}={shared_metrics} is not a directory; it is where the "
+            "processes of one gateway share their metrics (unset it, and `orggraph serve` "
+            "makes one for its workers)",
+            file=sys.stderr,
+        )
+        return 2
     log_format = (
         args.log_format
         or (settings.server.log_format if settings is not None else None)
@@ -83,20 +95,18 @@ def _serve(args: argparse.Namespace) -> int:
         if metrics_port is not None and metrics_port == port:
             print(f"orggraph: metrics_port {metrics_port} is the API's port", file=sys.stderr)
             return 2
+        where = display_address(host, port)
         _log.info(
-            "OrgGraph on http://%s:%d/graphql (%d tenant(s))%s%s",
-            host,
-            port,
+            "OrgGraph on http://%s/graphql (%d tenant(s))%s%s",
+            where,
             len(settings.tenants),
-            f", dashboard: http://{host}:{port}/dashboard" if settings.server.dashboard else "",
+            f", dashboard: http://{where}/dashboard" if settings.server.dashboard else "",
             f", metrics on port {metrics_port}" if metrics_port is not None else "",
         )
         if workers > 1:
             # Each worker accepts on a socket of its own (SO_REUSEPORT), not uvicorn.run's one
             # shared socket, where the worker that woke first drained the accept queue: 28 of
             # wrk's 32 keep-alive connections on one worker, 4 on the other.
-            from gateway.supervisor import serve_workers
-
             os.environ[CONFIG_ENV] = os.path.abspath(config_path)
             # Workers import prometheus_client after this, so they count in shared files.
             own_dir = MULTIPROC_ENV not in os.environ
@@ -166,8 +176,6 @@ class _SideServer(uvicorn.Server):
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    from gateway.supervisor import bind_address
-
     family, name = bind_address(host)
     return socket.create_server((name, port), family=family)
 

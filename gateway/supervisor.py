@@ -43,6 +43,7 @@ __all__ = [
     "SocketPerWorkerMultiprocess",
     "bind_address",
     "bind_listener",
+    "display_address",
     "serve_workers",
 ]
 
@@ -60,7 +61,8 @@ def bind_address(host: str) -> tuple[socket.AddressFamily, str]:
     return (socket.AF_INET6 if ":" in name else socket.AF_INET), name
 
 
-def _display(host: str, port: int) -> str:
+def display_address(host: str, port: int) -> str:
+    """``host:port`` as a URL spells it: an IPv6 address in brackets (``[::1]:8000``)."""
     name = host.strip("[]")
     return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
@@ -116,6 +118,8 @@ class SocketPerWorkerMultiprocess(Multiprocess):
             raise ValueError(f"{config.workers} workers need as many sockets, not {len(sockets)}")
         super().__init__(config, sockets)
         self._port = int(sockets[0].getsockname()[1])
+        self.startup_failed = False
+        """Whether the supervisor stopped because a worker failed to start."""
 
     def _process(self, slot: int) -> Process:
         return Process(self.config, [self.sockets[slot]])
@@ -168,6 +172,7 @@ class SocketPerWorkerMultiprocess(Multiprocess):
                 _uvicorn_log.error(
                     f"Child process [{process.pid}] failed to start, stopping the parent process."
                 )
+                self.startup_failed = True
                 self.should_exit.set()
                 return
 
@@ -186,7 +191,7 @@ class SocketPerWorkerMultiprocess(Multiprocess):
         except OSError as exc:
             _log.error(
                 "cannot listen on %s for another worker: %s",
-                _display(self.config.host, self._port),
+                display_address(self.config.host, self._port),
                 exc.strerror or exc,
             )
             return
@@ -228,7 +233,8 @@ def serve_workers(app: str, *, host: str, port: int, workers: int, **options: An
     """Run ``workers`` uvicorn workers of ``app`` (an import string) on ``host``:``port``
     until a signal stops them, as ``uvicorn.run(app, workers=...)`` does but with a
     listening socket per worker; ``options`` are uvicorn.Config's. The exit status: 0, or
-    uvicorn's STARTUP_FAILURE when the port cannot be listened on."""
+    uvicorn's STARTUP_FAILURE when the port cannot be listened on or a worker fails to start
+    (a service manager must not take that for a clean stop)."""
     config = Config(app, host=host, port=port, workers=workers, **options)
     sockets: list[socket.socket] = []
     try:
@@ -237,14 +243,17 @@ def serve_workers(app: str, *, host: str, port: int, workers: int, **options: An
             for _ in range(workers):
                 sockets.append(_slot_socket(host, port, config.backlog, sockets))
         except OSError as exc:
-            _log.error("cannot listen on %s: %s", _display(host, port), exc.strerror or exc)
+            _log.error("cannot listen on %s: %s", display_address(host, port), exc.strerror or exc)
             return STARTUP_FAILURE
         _uvicorn_log.info(
             "Uvicorn running on %s://%s (Press CTRL+C to quit)",
             "https" if config.is_ssl else "http",
-            _display(host, port),
+            display_address(host, port),
         )
-        SocketPerWorkerMultiprocess(config, sockets).run()
+        supervisor = SocketPerWorkerMultiprocess(config, sockets)
+        supervisor.run()
+        if supervisor.startup_failed:
+            return STARTUP_FAILURE
     except KeyboardInterrupt:  # a Ctrl-C before the supervisor's own handler is in place
         pass
     finally:

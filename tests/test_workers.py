@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from typing import NamedTuple
 
 import httpx
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
 from gateway.metrics import MULTIPROC_ENV
 from providers.base import ProviderName
@@ -275,8 +277,11 @@ class _Serve:
     """``orggraph serve`` on a host and port of the test's choosing (GatewayProcess picks its
     own, on 127.0.0.1); output to a file, which a chatty process cannot fill as it can a pipe."""
 
-    def __init__(self, config: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("ORGGRAPH_CONFIG", MULTIPROC_ENV)}
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("ORGGRAPH_CONFIG", MULTIPROC_ENV)},
+            **(env or {}),
+        }
         self._log = tempfile.TemporaryFile(mode="w+", prefix="orggraph-serve-")  # noqa: SIM115
         self.process = subprocess.Popen(
             [ORGGRAPH, "serve", "--config", str(config), "--port", str(port)],
@@ -285,6 +290,11 @@ class _Serve:
             text=True,
             env=env,
         )
+
+    def output(self) -> str:
+        """What it has written so far."""
+        self._log.seek(0)
+        return self._log.read()
 
     def wait(self) -> str:
         """Wait for the exit (killing it after WAIT) and return its output."""
@@ -343,6 +353,8 @@ def test_two_workers_on_ipv6_loopback(
             assert time.monotonic() < deadline, f"two workers did not listen: {workers}"
             time.sleep(0.05)
         assert len(set().union(*workers.values())) == 2, workers  # a socket each
+        # The start-up line names a URL a browser can open: an IPv6 host in brackets.
+        assert f"OrgGraph on http://[::1]:{port}/graphql" in serve.output(), serve.output()
         response = http.post(
             f"http://[::1]:{port}/graphql",
             json={"query": QUERY},
@@ -353,3 +365,42 @@ def test_two_workers_on_ipv6_loopback(
         process.send_signal(signal.SIGTERM)
         output = serve.wait()
     assert process.returncode == 0, output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_metrics_directory_that_is_not_one_is_a_clear_error(
+    sandboxes: dict[ProviderName, ServedApp], tmp_path: Path, workers: int
+) -> None:
+    """``PROMETHEUS_MULTIPROC_DIR`` is how workers share their counters; set to something that
+    is not a directory it failed every worker at start-up with prometheus_client's traceback,
+    and with two workers the gateway then exited 0."""
+    config = write_config(tmp_path / "m.toml", sandboxes, server={**SERVER, "workers": workers})
+    missing = tmp_path / "no-such-dir"
+    serve = _Serve(config, free_port(), env={MULTIPROC_ENV: str(missing)})
+    output = serve.wait()
+    assert serve.process.returncode == 2, output
+    assert f"{MULTIPROC_ENV}={missing} is not a directory" in output, output
+    assert "Traceback" not in output, output
+
+
+def test_a_worker_that_cannot_start_stops_the_gateway_with_a_failure_status(
+    tmp_path: Path,
+) -> None:
+    """Before, the supervisor stopped when a worker failed to start (uvicorn's
+    STARTUP_FAILURE: an app that cannot load or whose start-up raises fails the same way on
+    every restart) but exited 0, so a service manager saw a clean stop and restarted nothing.
+    An app that cannot be imported is the failure the supervisor sees here."""
+    script = (
+        "import sys\n"
+        "from gateway.supervisor import serve_workers\n"
+        f"sys.exit(serve_workers('tests.no_such_module:app', host='127.0.0.1', port={free_port()},"
+        " workers=2, log_config=None))\n"
+    )
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.run(
+            [sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT, timeout=WAIT
+        )
+    output = log.read_text()
+    assert process.returncode == STARTUP_FAILURE, output
+    assert "failed to start" in output, output
