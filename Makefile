@@ -76,6 +76,10 @@ bench: install redis-server
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	@# nginx replays the sandbox's answers for the workers target (bench/static_upstream.py).
+	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light >/dev/null; }
 	$(BIN)/python bench/run.py
 
 # The dashboard's screenshots in docs/ (shown in the README): demo mode in chromium at

@@ -34,6 +34,11 @@ from typing import Any
 
 import httpx
 
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import static_upstream
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 BIN = Path(sys.executable).parent
@@ -62,7 +67,8 @@ GROUPS: dict[str, str] = {
     "transports": "single_org_cache_off over httpx-aiohttp and httpx",
     "cached": "single_org_cached, dashboard_cached",
     "memory": "resident memory after 10k and 100k cached requests",
-    "workers": "single_org_cache_off_workers2, then single_org_cache_off for the ratio",
+    "workers": "static_upstream_workers2 then _workers1, three times (nginx replaying the "
+    "sandbox); single_org_cache_off_workers2, then single_org_cache_off",
     "hive": "hive_single_org, hive_list_100 (one Hive Gateway process)",
 }
 
@@ -210,12 +216,14 @@ class Sandboxes:
         transport: str | None = None,
         workers: int | None = None,
         max_upstream_calls: int | None = None,
+        base_urls: dict[str, str] | None = None,
     ) -> Path:
         """The gateway as shipped: only what differs from the defaults is written (the
         sandboxes, the tenant, the cache backend, no outbound pacing; and what the scenario
-        varies: ``ttl``, ``transport``, ``workers``). A limit is raised only where a scenario
-        says why (``max_upstream_calls``); otherwise a query the shipped limits refuse is
-        reported as refused."""
+        varies: ``ttl``, ``transport``, ``workers``; ``base_urls`` points providers at
+        another upstream). A limit is raised only where a scenario says why
+        (``max_upstream_calls``); otherwise a query the shipped limits refuse is reported as
+        refused."""
         lines = []
         server = []
         if workers is not None:
@@ -228,7 +236,7 @@ class Sandboxes:
         if ttl is not None:
             lines.append(f"ttl_seconds = {ttl}")
         lines.append("")
-        for provider, url in self.info["urls"].items():
+        for provider, url in {**self.info["urls"], **(base_urls or {})}.items():
             lines += [
                 f"[providers.{provider.lower()}]",
                 f'base_url = "{url}"',
@@ -391,19 +399,20 @@ def _machine_busy_seconds() -> float:
 
 
 @contextmanager
-def cpu_use(gateway_pid: int, sandbox_pid: int) -> Iterator[dict[str, float]]:
-    """Cores used during the block by the gateway (its process and workers), the sandboxes,
-    and the whole machine (Linux /proc; empty elsewhere)."""
+def cpu_use(gateway_pid: int, upstream_pid: int) -> Iterator[dict[str, float]]:
+    """Cores used during the block by the gateway (its process and workers), the upstream
+    (the sandboxes' process, or nginx's and its worker), and the whole machine (Linux /proc;
+    empty elsewhere). The upstream's key is ``sandboxes_cores``, as the report names it."""
     figures: dict[str, float] = {}
     if not Path("/proc/stat").exists():
         yield figures
         return
-    pids = _process_tree(gateway_pid)
+    pids, upstream = _process_tree(gateway_pid), _process_tree(upstream_pid)
     started = time.monotonic()
-    before = (_cpu_seconds(pids), _cpu_seconds([sandbox_pid]), _machine_busy_seconds())
+    before = (_cpu_seconds(pids), _cpu_seconds(upstream), _machine_busy_seconds())
     yield figures
     wall = time.monotonic() - started
-    after = (_cpu_seconds(pids), _cpu_seconds([sandbox_pid]), _machine_busy_seconds())
+    after = (_cpu_seconds(pids), _cpu_seconds(upstream), _machine_busy_seconds())
     for key, start, end in zip(("gateway", "sandboxes", "machine"), before, after, strict=True):
         figures[f"{key}_cores"] = (end - start) / wall
 
@@ -419,9 +428,12 @@ def measure(
     expect: Expect | None = None,
     connections: int | None = None,
     cpu_of: int | None = None,
+    upstream_pid: int | None = None,
 ) -> dict[str, Any]:
     """Check every body once (also the warm-up), then wrk (``connections``: the run's, by
-    default); upstream calls per query from the sandboxes' counters. A refused query gives
+    default); upstream calls per query from the sandboxes' counters. ``cpu_of``: the
+    gateway's pid, to report the cores it and the upstream (``upstream_pid``'s process tree,
+    by default the sandboxes') used. A refused query gives
     ``{"refused": message}`` and no load run."""
     for one in [body] if isinstance(body, str) else body:
         refused = check(url, one, auth=auth, expect=expect)
@@ -429,7 +441,8 @@ def measure(
             print(name, refused, flush=True)
             return {"refused": refused}
     sb.clear()
-    with cpu_use(cpu_of or 0, sb.pid) if cpu_of else contextlib.nullcontext({}) as cpu:
+    upstream = upstream_pid or sb.pid
+    with cpu_use(cpu_of or 0, upstream) if cpu_of else contextlib.nullcontext({}) as cpu:
         result: dict[str, Any] = wrk(
             url, body, seconds=args.seconds, connections=connections or args.connections, auth=auth
         )
@@ -525,7 +538,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "dashboard_page_cache_off", url, bodies["dashboard_page"], sb, args
                     )
 
-        # 2c. The issue's dashboard query: 50 organizations with usage and subscriptions. Its
+        # 2c. The workers target: the pair over the cheapest upstream this machine can run
+        # (bench/static_upstream.py), three times; the median decides.
+        if "workers" in groups:
+            static = static_upstream_workers(sb, single, tmp, args)
+            results["static_upstream_workers"] = static
+            results.update(static.get("median_pair", {}))  # the table's rows
+
+        # 2d. The issue's dashboard query: 50 organizations with usage and subscriptions. Its
         # bound is 57 upstream calls (one listing per provider, one read per organization, two
         # single-organization providers' own), and it can really make 55: the shipped budget
         # of 50 refuses it by design. This gateway alone raises the budget, nothing else.
@@ -587,6 +607,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 results.update(hive(sb, args))
     return results
+
+
+STATIC_PAIRS = 3
+
+
+def static_upstream_workers(
+    sb: Sandboxes, single: str | list[str], tmp: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``STATIC_PAIRS`` back-to-back runs of two workers then one, with PlanetScale's
+    single-organization reads answered by nginx (bench/static_upstream.py) instead of the
+    sandbox; the other providers stay on the sandboxes, and this load never reaches them."""
+    if static_upstream.nginx() is None:
+        return {"skipped": "no nginx"}
+    creds = sb.info["credentials"]["acme"]["PLANETSCALE"]
+    authorization = f"{creds['service_token_id']}:{creds['service_token']}"
+    root = Path(tempfile.mkdtemp(prefix="static-", dir=tmp))
+    pairs: list[dict[str, Any]] = []
+    with static_upstream.static_planetscale(
+        sb.url("PLANETSCALE"), authorization, sb.planetscale_names(100), root, free_port()
+    ) as (url, nginx_pid):
+        for index in range(STATIC_PAIRS):
+            pair: dict[str, Any] = {}
+            for workers in (2, 1):
+                config = sb.config(
+                    tmp / f"static-{index}-{workers}.toml",
+                    cache="none",
+                    workers=workers,
+                    base_urls={"PLANETSCALE": url},
+                )
+                with gateway(config) as (gateway_url, pid):
+                    name = f"static_upstream_workers{workers}"
+                    pair[name] = measure(
+                        name, gateway_url, single, sb, args, cpu_of=pid, upstream_pid=nginx_pid
+                    )
+            pairs.append(pair)
+    ratios = [_pair_ratio(pair) for pair in pairs]
+    if any(r is None for r in ratios):
+        return {"skipped": "refused: " + str(pairs)[:300]}
+    median = sorted(range(len(pairs)), key=lambda i: ratios[i])[len(pairs) // 2]
+    return {"pairs": pairs, "ratios": ratios, "median_pair": pairs[median]}
+
+
+def _pair_ratio(pair: dict[str, Any]) -> float | None:
+    two, one = pair["static_upstream_workers2"], pair["static_upstream_workers1"]
+    if "rps" not in two or "rps" not in one:
+        return None
+    return float(two["rps"] / one["rps"])
 
 
 def fanout(url: str, dashboard: str, sb: Sandboxes, args: argparse.Namespace) -> dict[str, Any]:
@@ -674,6 +741,8 @@ ROWS = (
     "bare_starlette",
     "single_org_cache_off",
     "single_org_cache_off_workers2",
+    "static_upstream_workers1",
+    "static_upstream_workers2",
     "single_org_cache_off_httpx-aiohttp",
     "single_org_cache_off_httpx",
     "single_org_cached",
@@ -742,6 +811,51 @@ def _one_connection(results: dict[str, Any]) -> str:
     )
 
 
+def _workers_lines(results: dict[str, Any]) -> list[str]:
+    """The workers target, measured over the static upstream (bench/static_upstream.py): on
+    2 cores the Python sandbox's own CPU (a fifth of the gateway's per request) comes out of
+    the two workers' cores, so over it the ratio measures the sandbox as much as the gateway.
+    The pair over the sandbox follows, with where the cores went."""
+    cores = os.cpu_count()
+    label = f"- [server] workers = 2 vs 1 on {cores} cores, cache-off single organization"
+    lines = []
+    static = results.get("static_upstream_workers")
+    if static is None or "ratios" not in static:
+        why = "not run" if static is None else static.get("skipped", "no figures")
+        lines.append(f"{label}, over a static upstream: not measured ({why})")
+    else:
+        ratios = static["ratios"]
+        median = statistics.median(ratios)
+        lines.append(
+            f"{label}, over a static upstream (nginx replaying the sandbox's answers, "
+            f"bench/static_upstream.py): {', '.join(f'{r:.2f}x' for r in ratios)} requests/s "
+            f"in {len(ratios)} back-to-back pairs, median {median:.2f}x (target >= 1.7x): "
+            f"{_verdict(median >= 1.7)}"
+        )
+        two = static["median_pair"]["static_upstream_workers2"]
+        if "gateway_cores" in two:
+            lines.append(
+                f"  - with two workers the gateway used {two['gateway_cores']:.2f} cores, nginx "
+                f"{two['sandboxes_cores']:.2f}, the machine {two['machine_cores']:.2f} of {cores}"
+            )
+    why = _missing(results, "single_org_cache_off_workers2", "single_org_cache_off")
+    if why:
+        lines.append(f"  - over the sandbox: not measured ({why})")
+        return lines
+    two, one = results["single_org_cache_off_workers2"], results["single_org_cache_off"]
+    detail = ""
+    if "gateway_cores" in two and "gateway_cores" in one:
+        per_core = (two["rps"] / two["gateway_cores"]) / (one["rps"] / one["gateway_cores"])
+        detail = (
+            f": gateway CPU {two['gateway_cores']:.2f} cores with two workers, "
+            f"{one['gateway_cores']:.2f} with one (requests/s per gateway core {per_core:.0%} of "
+            f"one worker's); the machine busy {two['machine_cores']:.2f} of {cores} cores, "
+            f"the sandboxes {two['sandboxes_cores']:.2f} of them, the rest wrk and the system"
+        )
+    lines.append(f"  - over the Python sandbox: {two['rps'] / one['rps']:.2f}x (no target){detail}")
+    return lines
+
+
 def ratio_lines(results: dict[str, Any]) -> list[str]:
     """One line per target of issue 10, then the fan-out and memory lines."""
     lines = [
@@ -769,27 +883,7 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
             2.0,
         ),
     ]
-    why = _missing(results, "single_org_cache_off_workers2", "single_org_cache_off")
-    if why:
-        lines.append(
-            f"- [server] workers = 2 vs 1, cache-off single organization: not measured ({why})"
-        )
-    else:
-        two, one = results["single_org_cache_off_workers2"], results["single_org_cache_off"]
-        r = two["rps"] / one["rps"]
-        lines.append(
-            f"- [server] workers = 2 vs 1 on {os.cpu_count()} cores, cache-off single "
-            f"organization: {r:.2f}x requests/s (target >= 1.7x): {_verdict(r >= 1.7)}"
-        )
-        if "gateway_cores" in two and "gateway_cores" in one:
-            per_core = (two["rps"] / two["gateway_cores"]) / (one["rps"] / one["gateway_cores"])
-            lines.append(
-                f"  - gateway CPU {two['gateway_cores']:.2f} cores with two workers, "
-                f"{one['gateway_cores']:.2f} with one: requests/s per gateway core "
-                f"{per_core:.0%} of one worker's; the machine was busy "
-                f"{two['machine_cores']:.2f} of {os.cpu_count()} cores (sandboxes "
-                f"{two['sandboxes_cores']:.2f}, the rest wrk and the system)"
-            )
+    lines += _workers_lines(results)
     fan = results.get("fanout_100ms")
     if fan is None or "ratio" not in fan:
         why = "not run" if fan is None else fan.get("refused", "no figures")
@@ -841,7 +935,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"Machine: {machine}. wrk -t1 -c{args.connections} -d{args.seconds}s; sandboxes "
             f"{args.orgs} organizations each, one process; gateway as shipped (defaults; cache "
             "backend and no outbound pacing set), one uvicorn worker (two in "
-            f"single_org_cache_off_workers2).{only}",
+            "single_org_cache_off_workers2 and static_upstream_workers2; the static_upstream "
+            f"rows are the median of their pairs, over nginx).{only}",
             "",
             "| scenario | requests/s | p50 ms | p99 ms | upstream calls/query |",
             "|---|---|---|---|---|",

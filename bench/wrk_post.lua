@@ -17,8 +17,14 @@ wrk.body = body
 
 if #bodies > 0 then
   local i = 0
+  local requests = {}
   request = function()
     i = i % #bodies + 1
-    return wrk.format(nil, nil, nil, bodies[i])
+    local r = requests[i]
+    if r == nil then
+      r = wrk.format(nil, nil, nil, bodies[i])
+      requests[i] = r
+    end
+    return r
   end
 end
