@@ -76,10 +76,14 @@ bench: install redis-server
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
-	@# nginx replays the sandbox's answers for the workers target (bench/static_upstream.py).
+	@# nginx replays the sandbox's answers for the workers target (bench/static_upstream.py),
+	@# started by the bench on a free port: the service the package starts under systemd (on
+	@# port 80) is stopped and disabled again, as it was not there before.
 	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light >/dev/null; \
+	  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx; then \
+	    $$SUDO systemctl disable --now nginx >/dev/null 2>&1 || true; fi; }
 	$(BIN)/python bench/run.py
 
 # The dashboard's screenshots in docs/ (shown in the README): demo mode in chromium at

@@ -641,6 +641,8 @@ def static_upstream_workers(
                     pair[name] = measure(
                         name, gateway_url, single, sb, args, cpu_of=pid, upstream_pid=nginx_pid
                     )
+                    # The sandboxes' counters do not see nginx's answers.
+                    pair[name].pop("upstream_calls_per_query", None)
             pairs.append(pair)
     ratios = [_pair_ratio(pair) for pair in pairs]
     if any(r is None for r in ratios):
@@ -832,11 +834,15 @@ def _workers_lines(results: dict[str, Any]) -> list[str]:
             f"in {len(ratios)} back-to-back pairs, median {median:.2f}x (target >= 1.7x): "
             f"{_verdict(median >= 1.7)}"
         )
-        two = static["median_pair"]["static_upstream_workers2"]
-        if "gateway_cores" in two:
+        pair = static["median_pair"]
+        two, one = pair["static_upstream_workers2"], pair["static_upstream_workers1"]
+        if "gateway_cores" in two and "gateway_cores" in one:
+            per_core = (two["rps"] / two["gateway_cores"]) / (one["rps"] / one["gateway_cores"])
             lines.append(
-                f"  - with two workers the gateway used {two['gateway_cores']:.2f} cores, nginx "
-                f"{two['sandboxes_cores']:.2f}, the machine {two['machine_cores']:.2f} of {cores}"
+                f"  - the median pair: with two workers the gateway used "
+                f"{two['gateway_cores']:.2f} cores (requests/s per gateway core {per_core:.0%} "
+                f"of one worker's), nginx {two['sandboxes_cores']:.2f}, the machine "
+                f"{two['machine_cores']:.2f} of {cores}"
             )
     why = _missing(results, "single_org_cache_off_workers2", "single_org_cache_off")
     if why:
