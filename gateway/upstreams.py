@@ -102,8 +102,8 @@ class Upstreams:
             await adapter.aclose()
 
     def circuit_state(self, provider: ProviderName) -> str:
-        """The breaker in front of the provider's API: CLOSED, OPEN or HALF_OPEN (process-wide:
-        it is about the provider, not about any tenant)."""
+        """The provider's circuit: CLOSED, OPEN or HALF_OPEN, the worst of the breakers in
+        front of its origins (process-wide: it is about the provider, not about any tenant)."""
         adapter = self._adapters.get(provider)
         return adapter.circuit_state() if adapter is not None else "CLOSED"
 

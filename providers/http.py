@@ -131,6 +131,10 @@ _STATUS_ERRORS: dict[int, type[UpstreamError]] = {
 }
 
 
+_SEVERITY = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+"""How bad a circuit state is, for the worst of several."""
+
+
 class UpstreamHttp:
     """One pooled HTTP client per adapter, and the single place where transport failures,
     statuses and bodies become ``UpstreamError``s.
@@ -208,8 +212,14 @@ class UpstreamHttp:
         return self.settings.base_url.rstrip("/") + "/" + path.lstrip("/")
 
     def circuit_state(self) -> CircuitState:
-        """The state of the breaker in front of ``base_url``'s origin (the provider's API)."""
-        return self._breaker.current(self._clock.now())
+        """The worst state among the breakers of the origins this client has called: the
+        provider's API and, where it is on another host, its token endpoint (Upsun's auth
+        server). A request that needs a token fails fast while either is open, so the
+        provider's health must not say CLOSED then."""
+        now = self._clock.now()
+        if len(self._breakers) == 1:
+            return self._breaker.current(now)
+        return max((b.current(now) for b in self._breakers.values()), key=_SEVERITY.__getitem__)
 
     @property
     def in_flight(self) -> int:

@@ -70,8 +70,9 @@ class ProviderAdapter(Protocol):
         ...
 
     def circuit_state(self) -> str:
-        """``"CLOSED"``, ``"OPEN"`` or ``"HALF_OPEN"``: the circuit breaker in front of the
-        provider's API (``base_url``'s origin; a token endpoint elsewhere has its own)."""
+        """``"CLOSED"``, ``"OPEN"`` or ``"HALF_OPEN"``: the worst of the circuit breakers in
+        front of the provider's origins (``base_url``'s and, where it is elsewhere, the token
+        endpoint's, which has a breaker of its own)."""
         ...
 
     async def aclose(self) -> None: ...

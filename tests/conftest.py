@@ -117,7 +117,7 @@ def write_config(
         for key, value in extra.items():
             lines.append(f"{key} = {_toml_value(value)}")
         token_path = getattr(load_sandbox_module(provider), "TOKEN_PATH", None)
-        if token_path:
+        if token_path and "token_url" not in extra:
             lines.append(f"token_url = {_toml_value(served.url + token_path)}")
         lines.append("")
     tenants: dict[str, dict[ProviderName, dict[str, str]]] = {

@@ -9,10 +9,12 @@ import httpx
 
 from providers.base import ProviderName
 from tests.conftest import KEYS, ORG_LIST_PATHS, MakeGateway
+from tests.processes import free_port
 from tests.support import http
 
 ALL = "{ organizations(first: 100) { nodes { provider providerId name } } }"
 PLANETSCALE = "{ organizations(first: 3, providers: [PLANETSCALE]) { nodes { providerId name } } }"
+UPSUN = "{ organizations(first: 3, providers: [UPSUN]) { nodes { providerId name } } }"
 HEALTH = "{ providers { provider circuitState } }"
 LIST = ORG_LIST_PATHS[ProviderName.PLANETSCALE]
 
@@ -79,6 +81,26 @@ def test_an_open_breaker_fails_fast_and_shows_in_circuit_state(make_gateway: Mak
     assert _codes(fast) == [("PLANETSCALE", "UPSTREAM_UNAVAILABLE")]
     assert "circuit" in fast["errors"][0]["message"].lower()
     assert len(gw.sandboxes_requests("PLANETSCALE")) == calls  # no upstream call
+
+
+def test_an_open_token_endpoint_circuit_shows_in_circuit_state(make_gateway: MakeGateway) -> None:
+    """Upsun's tokens come from its auth server, an origin with a breaker of its own. While that
+    breaker is open, a request that needs a token fails fast with a message about a circuit,
+    and ``circuitState`` said CLOSED all the while (it read the API's breaker alone)."""
+    nothing_listens = f"http://127.0.0.1:{free_port()}/oauth2/token"
+    gw = make_gateway(
+        provider_settings={
+            "upsun": {"token_url": nothing_listens, "retries": 0, "breaker_failures": 2}
+        }
+    )
+    for _ in range(2):
+        assert _codes(gw.query(UPSUN).json()) == [("UPSUN", "UPSTREAM_UNAVAILABLE")]
+    fast = gw.query(UPSUN).json()
+    assert _codes(fast) == [("UPSUN", "UPSTREAM_UNAVAILABLE")]
+    assert "circuit" in fast["errors"][0]["message"].lower()
+    assert _states(gw)["UPSUN"] == "OPEN"
+    assert {s for p, s in _states(gw).items() if p != "UPSUN"} == {"CLOSED"}
+    assert gw.sandboxes_requests("UPSUN") == []  # its API was never called: no token
 
 
 def test_a_tenants_revoked_key_never_opens_the_breaker(make_gateway: MakeGateway) -> None:
