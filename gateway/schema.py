@@ -567,9 +567,10 @@ class ProviderStatus:
     )
     circuit_state: CircuitState = strawberry.field(
         description=(
-            "The circuit breaker in front of the provider's API (shared by all tenants: it "
-            "opens on timeouts, connection failures and 5xx, never on a tenant's 4xx). OPEN "
-            "fails fast; HALF_OPEN lets one probe through."
+            "The circuit breaker in front of the provider's API, or of its token endpoint "
+            "where that is on another host and worse off (shared by all tenants: it opens on "
+            "timeouts, connection failures and 5xx, never on a tenant's 4xx). OPEN fails "
+            "fast; HALF_OPEN lets one probe through."
         )
     )
     recent_calls: int = strawberry.field(
