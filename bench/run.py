@@ -429,25 +429,30 @@ def measure(
     connections: int | None = None,
     cpu_of: int | None = None,
     upstream_pid: int | None = None,
+    upstream_served: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     """Check every body once (also the warm-up), then wrk (``connections``: the run's, by
     default); upstream calls per query from the sandboxes' counters. ``cpu_of``: the
     gateway's pid, to report the cores it and the upstream (``upstream_pid``'s process tree,
-    by default the sandboxes') used. A refused query gives
-    ``{"refused": message}`` and no load run."""
+    by default the sandboxes') used; ``upstream_served``, requests an upstream other than the
+    sandboxes has served so far (itself counted), for the upstream calls per query. A refused
+    query gives ``{"refused": message}`` and no load run."""
     for one in [body] if isinstance(body, str) else body:
         refused = check(url, one, auth=auth, expect=expect)
         if refused:
             print(name, refused, flush=True)
             return {"refused": refused}
     sb.clear()
+    served_before = upstream_served() if upstream_served is not None else 0
     upstream = upstream_pid or sb.pid
     with cpu_use(cpu_of or 0, upstream) if cpu_of else contextlib.nullcontext({}) as cpu:
         result: dict[str, Any] = wrk(
             url, body, seconds=args.seconds, connections=connections or args.connections, auth=auth
         )
     result.update(cpu)
-    result["upstream_calls_per_query"] = sb.calls() / max(1, result["requests"])
+    # Less one: the second count's own request.
+    calls = upstream_served() - served_before - 1 if upstream_served is not None else sb.calls()
+    result["upstream_calls_per_query"] = calls / max(1, result["requests"])
     print(name, result, flush=True)
     return result
 
@@ -639,10 +644,15 @@ def static_upstream_workers(
                 with gateway(config) as (gateway_url, pid):
                     name = f"static_upstream_workers{workers}"
                     pair[name] = measure(
-                        name, gateway_url, single, sb, args, cpu_of=pid, upstream_pid=nginx_pid
+                        name,
+                        gateway_url,
+                        single,
+                        sb,
+                        args,
+                        cpu_of=pid,
+                        upstream_pid=nginx_pid,
+                        upstream_served=lambda: static_upstream.served(url),
                     )
-                    # The sandboxes' counters do not see nginx's answers.
-                    pair[name].pop("upstream_calls_per_query", None)
             pairs.append(pair)
     ratios = [_pair_ratio(pair) for pair in pairs]
     if any(r is None for r in ratios):

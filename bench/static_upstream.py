@@ -23,9 +23,12 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["nginx", "static_planetscale"]
+__all__ = ["STATUS_PATH", "nginx", "served", "static_planetscale"]
 
 _START_TIMEOUT = 10.0
+
+STATUS_PATH = "/__nginx/status"
+"""nginx's stub_status: how many requests it has served (the bench's upstream calls)."""
 
 
 def nginx() -> str | None:
@@ -67,11 +70,19 @@ http {{
       }}
       try_files $uri =404;
     }}
+    location = {STATUS_PATH} {{ stub_status; }}
     location / {{ return 404 '{{"code":"not_found","message":"Not Found"}}'; }}
     location @not_found {{ return 404 '{{"code":"not_found","message":"Not Found"}}'; }}
   }}
 }}
 """
+
+
+def served(url: str) -> int:
+    """Requests nginx at ``url`` has served, this one included (stub_status's third count:
+    ``server accepts handled requests`` then `` 1 1 1``)."""
+    text = httpx.get(url + STATUS_PATH).text
+    return int(text.splitlines()[2].split()[2])
 
 
 @contextmanager
