@@ -823,6 +823,11 @@ def _one_connection(results: dict[str, Any]) -> str:
     )
 
 
+def _per_core(two: dict[str, Any], one: dict[str, Any]) -> float:
+    """Requests/s per gateway core with two workers, as a share of one worker's."""
+    return float((two["rps"] / two["gateway_cores"]) / (one["rps"] / one["gateway_cores"]))
+
+
 def _workers_lines(results: dict[str, Any]) -> list[str]:
     """The workers target, measured over the static upstream (bench/static_upstream.py): on
     2 cores the Python sandbox's own CPU (a fifth of the gateway's per request) comes out of
@@ -847,7 +852,7 @@ def _workers_lines(results: dict[str, Any]) -> list[str]:
         pair = static["median_pair"]
         two, one = pair["static_upstream_workers2"], pair["static_upstream_workers1"]
         if "gateway_cores" in two and "gateway_cores" in one:
-            per_core = (two["rps"] / two["gateway_cores"]) / (one["rps"] / one["gateway_cores"])
+            per_core = _per_core(two, one)
             lines.append(
                 f"  - the median pair: with two workers the gateway used "
                 f"{two['gateway_cores']:.2f} cores (requests/s per gateway core {per_core:.0%} "
@@ -861,7 +866,7 @@ def _workers_lines(results: dict[str, Any]) -> list[str]:
     two, one = results["single_org_cache_off_workers2"], results["single_org_cache_off"]
     detail = ""
     if "gateway_cores" in two and "gateway_cores" in one:
-        per_core = (two["rps"] / two["gateway_cores"]) / (one["rps"] / one["gateway_cores"])
+        per_core = _per_core(two, one)
         detail = (
             f": gateway CPU {two['gateway_cores']:.2f} cores with two workers, "
             f"{one['gateway_cores']:.2f} with one (requests/s per gateway core {per_core:.0%} of "
