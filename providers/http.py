@@ -217,8 +217,6 @@ class UpstreamHttp:
         server). A request that needs a token fails fast while either is open, so the
         provider's health must not say CLOSED then."""
         now = self._clock.now()
-        if len(self._breakers) == 1:
-            return self._breaker.current(now)
         return max((b.current(now) for b in self._breakers.values()), key=_SEVERITY.__getitem__)
 
     @property
