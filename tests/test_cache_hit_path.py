@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from gateway.settings import load_settings
 from gateway.telemetry import Telemetry
 from providers.base import ProviderName
 from tests.conftest import KEYS, Deployment, write_config
+from tests.processes import free_port
 from tests.support import ServedApp, http, serve_app
 from tests.test_logging import LogFile
 from tests.test_observability import delta, scrape
@@ -104,12 +104,6 @@ def make_gateway(sandboxes: dict[ProviderName, ServedApp], tmp_path: Path) -> It
         served.clear_requests()
     with stack:
         yield make
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def planetscale_ids(gateway: Gateway, tenant: str = "acme") -> list[str]:
@@ -322,7 +316,7 @@ def test_every_line_of_a_request_that_falls_through_names_one_id(
 ) -> None:
     # A Redis that refuses connections: the cache-hit path's lookup fails and logs it (with
     # the request's id), then the request falls through and is answered uncached.
-    url = f"redis://127.0.0.1:{closed_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     gateway = make_gateway(cache={"backend": "redis", "url": url, "redis_timeout_seconds": 0.5})
     log = LogFile(tmp_path / "gateway.log")
     try:

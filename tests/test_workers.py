@@ -303,8 +303,7 @@ class _Serve:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self._log.seek(0)
-        output = self._log.read()
+        output = self.output()
         self._log.close()
         return output
 

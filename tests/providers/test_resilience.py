@@ -16,7 +16,6 @@ import contextlib
 import email.utils
 import logging
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ from providers.resilience import (
 from providers.sandbox_kit import SandboxOptions
 from providers.upsun import sandbox as upsun_sandbox
 from providers.upsun.adapter import UpsunAdapter
+from tests.processes import free_port
 from tests.providers.harness import release_held, wait_held
 from tests.support import ServedApp, http, serve_app
 
@@ -171,13 +171,6 @@ def sent(served: ServedApp, method: str | None = None) -> int:
     return sum(1 for r in served.requests() if method is None or r["method"] == method)
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:  # nothing listens on it once closed
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # --------------------------------------------------------------------------------------------
 # Retries
 # --------------------------------------------------------------------------------------------
@@ -199,7 +192,7 @@ async def test_passing_failures_are_retried_until_the_answer(
 
 
 async def test_a_refused_connection_is_retried(made: list[UpstreamHttp]) -> None:
-    port = closed_port()
+    port = free_port()
     servers: list[asyncio.Server] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -234,7 +227,7 @@ async def test_a_refused_connection_is_retried(made: list[UpstreamHttp]) -> None
 
 async def test_connection_failures_exhaust_the_retries(made: list[UpstreamHttp]) -> None:
     memo = Recording()
-    client = make_http(made, f"http://127.0.0.1:{closed_port()}", FakeClock())
+    client = make_http(made, f"http://127.0.0.1:{free_port()}", FakeClock())
     token = call_memo.set(memo)
     try:
         with pytest.raises(UpstreamUnavailable) as info:
@@ -577,7 +570,7 @@ async def test_a_cancelled_probe_passes_the_turn_on(
 async def test_a_token_endpoint_on_another_origin_has_its_own_circuit(
     upsun: ServedApp, clock: FakeClock
 ) -> None:
-    auth = f"http://127.0.0.1:{closed_port()}/oauth2/token"
+    auth = f"http://127.0.0.1:{free_port()}/oauth2/token"
     adapter = UpsunAdapter(
         ProviderSettings(base_url=upsun.url, token_url=auth, retries=0, breaker_failures=2),
         clock=clock,
